@@ -1,0 +1,34 @@
+"""Inception-v3, Inception-v4 and Inception-ResNet-v1/-v2 for Keras 3, mirroring TF-slim.
+
+import keras_inception as ki
+model = ki.InceptionV4(weights="imagenet")
+preds = model.predict(ki.preprocess_input(images))
+ki.decode_predictions(preds, top=5)
+"""
+
+from keras_inception.imagenet import decode_predictions, preprocess_input
+from keras_inception.layers import ScaleSum
+from keras_inception.models import (
+    MODELS,
+    InceptionResNetV1,
+    InceptionResNetV2,
+    InceptionV3,
+    InceptionV4,
+    end_points,
+    feature_extractor,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODELS",
+    "InceptionResNetV1",
+    "InceptionResNetV2",
+    "InceptionV3",
+    "InceptionV4",
+    "ScaleSum",
+    "decode_predictions",
+    "end_points",
+    "feature_extractor",
+    "preprocess_input",
+]

@@ -1,0 +1,130 @@
+"""Layers shared by every network: slim's conv unit and the residual scale-sum.
+
+TF-slim builds every convolution as conv -> BatchNorm (no gamma, epsilon 0.001)
+-> ReLU under an ``arg_scope``. :class:`ConvBN` plays that role here: one object
+holds the shared settings and emits three Keras layers named after the slim scope,
+so ``Mixed_5b/Branch_1/Conv2d_0b_3x3/weights`` lives in the Keras layer
+``Mixed_5b.Branch_1.Conv2d_0b_3x3`` (Keras forbids ``/`` in names; see
+:func:`keras_name`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+from keras import layers, ops
+
+SLIM_BN_EPSILON = 0.001
+SLIM_BN_MOMENTUM = 0.9997
+
+
+def keras_name(scope: str) -> str:
+    """The Keras layer name for a slim scope: ``Mixed_5b/Branch_0`` -> ``Mixed_5b.Branch_0``."""
+    return scope.replace("/", ".")
+
+
+def slim_scope(name: str) -> str:
+    """The inverse of :func:`keras_name`."""
+    return name.replace(".", "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBN:
+    """slim's ``arg_scope`` for convolutions, as a callable.
+
+    ``conv(x, filters, kernel, scope)`` adds ``Conv2D`` (no bias) named ``scope``,
+    ``BatchNormalization`` (``center=True, scale=False``) named ``scope.BatchNorm``
+    and a ReLU named ``scope.Relu``.
+
+    Attributes:
+        bn_momentum: BatchNorm moving-average decay (slim: 0.9997).
+        width: channel multiplier applied to every ``filters`` (slim's
+            ``depth_multiplier``); 1.0 builds the published networks.
+        min_depth: the fewest channels a scaled convolution keeps.
+    """
+
+    bn_momentum: float = SLIM_BN_MOMENTUM
+    width: float = 1.0
+    min_depth: int = 8
+
+    def depth(self, filters: int) -> int:
+        """``filters`` scaled by :attr:`width`, as slim's ``depth_multiplier`` does."""
+        if self.width == 1.0:
+            return filters
+        return max(int(filters * self.width), self.min_depth)
+
+    def __call__(
+        self,
+        x,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        scope: str,
+        strides: int = 1,
+        padding: str = "same",
+        activation: str | None = "relu",
+    ):
+        name = keras_name(scope)
+        x = layers.Conv2D(
+            self.depth(filters),
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            name=name,
+        )(x)
+        x = layers.BatchNormalization(
+            momentum=self.bn_momentum,
+            epsilon=SLIM_BN_EPSILON,
+            scale=False,
+            name=f"{name}.BatchNorm",
+        )(x)
+        if activation is None:
+            return x
+        return layers.Activation(activation, name=f"{name}.Relu")(x)
+
+
+def max_pool(x, scope: str, strides: int = 2, padding: str = "valid"):
+    """slim's ``max_pool2d(x, [3, 3])`` named after its scope."""
+    return layers.MaxPooling2D(3, strides=strides, padding=padding, name=keras_name(scope))(x)
+
+
+def avg_pool(x, scope: str):
+    """The 3x3 stride-1 SAME average pool of the Inception blocks.
+
+    TensorFlow's SAME average pooling divides by the number of real (unpadded)
+    cells, as slim's does; Keras on the TensorFlow backend keeps that behaviour.
+    """
+    return layers.AveragePooling2D(3, strides=1, padding="same", name=keras_name(scope))(x)
+
+
+def concat(branches: list, scope: str):
+    """Channel concatenation in slim's branch order, named after the block."""
+    return layers.Concatenate(axis=-1, name=keras_name(scope))(branches)
+
+
+@keras.saving.register_keras_serializable(package="keras_inception")
+class ScaleSum(layers.Layer):
+    """``shortcut + scale * residual``: the scaled residual sum of Inception-ResNet.
+
+    A registered layer (no ``Lambda``), so a saved ``.keras`` model reloads without
+    ``custom_objects``. The constant is cast to the compute dtype, so the layer is
+    exact under ``mixed_float16`` / ``mixed_bfloat16`` policies.
+    """
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        shortcut, residual = inputs
+        return shortcut + ops.cast(self.scale, residual.dtype) * residual
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "scale": self.scale}

@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+
+
+def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Give every weight random values, BN statistics included (variance positive)."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        shape = tuple(v.shape)
+        if v.path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif v.path.endswith(("moving_mean", "beta", "bias")):
+            value = rng.normal(0.0, 0.1, shape)
+        else:  # kernels: He-normal keeps activations O(1) through the deep stacks
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(1.0 / fan_in), shape)
+        v.assign(value.astype(v.dtype))
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _clean_keras_state():
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
