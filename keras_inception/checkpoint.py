@@ -1,0 +1,142 @@
+"""Read TF-slim checkpoints (V1 single files and V2 index + data) into Keras models.
+
+Strict by design: every Keras weight must find its slim variable by name and shape,
+and every slim variable must be used or be a head the model was built without;
+anything else raises an error that names the variable. Never a partial load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from keras_inception import slim
+from keras_inception.models import MODELS
+
+HEAD_SCOPES = ("Logits", "AuxLogits")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the variable."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load used: counts for the CLI and the tests."""
+
+    family: str
+    assigned: int  # Keras weights set
+    used: int  # slim variables read
+    skipped_heads: list[str]  # slim head variables the model was built without
+    ema: bool  # ExponentialMovingAverage shadows were taken
+
+
+def checkpoint_prefix(path: str) -> str:
+    """The prefix TensorFlow reads: ``model.ckpt`` for V1 files and V2 ``.index`` + ``.data``."""
+    path = os.fspath(path)
+    for suffix in (".index", ".meta"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    if ".data-" in os.path.basename(path):
+        path = path.split(".data-")[0]
+    if not (os.path.isfile(path) or os.path.isfile(f"{path}.index")):
+        raise FileNotFoundError(f"no TF checkpoint at {path} (neither a V1 file nor {path}.index)")
+    return path
+
+
+def read(path: str) -> dict[str, np.ndarray]:
+    """Every variable of a V1 or V2 checkpoint, as numpy arrays keyed by name."""
+    import tensorflow as tf
+
+    prefix = checkpoint_prefix(path)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except Exception as error:  # DataLossError, NotFoundError...: a corrupt file
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {error}") from error
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def family_of(variables: dict[str, np.ndarray]) -> str:
+    """The registered model name whose slim scope the checkpoint's variables are under."""
+    scopes = {name.split("/", 1)[0] for name in variables if name not in slim.IGNORED}
+    by_scope = {spec.slim_scope: name for name, (_, spec) in MODELS.items() if spec.slim_scope}
+    known = scopes & set(by_scope)
+    if len(known) != 1:
+        raise CheckpointError(
+            f"not a checkpoint of one of {sorted(by_scope)}: top-level scopes {sorted(scopes)[:5]}"
+        )
+    return by_scope[known.pop()]
+
+
+def resolve_ema(variables: dict[str, np.ndarray], use_ema: bool = True) -> tuple[dict, bool]:
+    """Drop ``global_step``; replace each variable by its moving-average shadow if asked."""
+    shadows = {
+        name.removesuffix(slim.EMA_SUFFIX): value
+        for name, value in variables.items()
+        if name.endswith(slim.EMA_SUFFIX)
+    }
+    plain = {
+        name: value
+        for name, value in variables.items()
+        if not name.endswith(slim.EMA_SUFFIX) and name not in slim.IGNORED
+    }
+    orphans = sorted(set(shadows) - set(plain))
+    if orphans:
+        raise CheckpointError(f"moving average without its variable: {orphans[0]}{slim.EMA_SUFFIX}")
+    if use_ema and shadows:
+        plain.update(shadows)
+    return plain, bool(use_ema and shadows)
+
+
+def _fit_classes(value: np.ndarray, target: tuple) -> np.ndarray:
+    """slim's 1001 classes into a 1000-class layer: drop output 0 (background)."""
+    if value.shape[-1] == 1001 and target[-1] == 1000 and value.shape[:-1] == target[:-1]:
+        return value[..., 1:]
+    return value
+
+
+def assign(
+    model: keras.Model, variables: dict[str, np.ndarray], family: str, use_ema: bool = True
+) -> LoadReport:
+    """Set every weight of ``model`` from slim ``variables`` (strictly; see module doc)."""
+    _, spec = MODELS[family]
+    checkpoint_family = family_of(variables)
+    if checkpoint_family != family:
+        raise CheckpointError(f"checkpoint holds {checkpoint_family}, the model is {family}")
+    variables, ema = resolve_ema(variables, use_ema)
+    values = []
+    for weight in model.weights:
+        name = slim.slim_name(weight.path, spec.slim_scope)
+        if name not in variables:
+            raise CheckpointError(f"checkpoint has no variable {name} (Keras weight {weight.path})")
+        value = _fit_classes(variables[name], tuple(weight.shape))
+        if value.shape != tuple(weight.shape):
+            raise CheckpointError(
+                f"shape mismatch for {name}: checkpoint {tuple(variables[name].shape)}, "
+                f"Keras weight {weight.path} {tuple(weight.shape)}"
+            )
+        values.append((weight, value, name))
+    used = {name for _, _, name in values}
+    skipped, unknown = [], []
+    for name in sorted(set(variables) - used):
+        head = name.split("/")[1]
+        (skipped if head in HEAD_SCOPES and _model_lacks(model, head) else unknown).append(name)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint variable {unknown[0]} has no place in the model ({len(unknown)} unused)"
+        )
+    for weight, value, _ in values:  # nothing is assigned until everything checked out
+        weight.assign(value.astype(weight.dtype))
+    return LoadReport(family, len(values), len(used), skipped, ema)
+
+
+def _model_lacks(model: keras.Model, head: str) -> bool:
+    return not any(layer.name.startswith(f"{head}.") and layer.weights for layer in model.layers)
+
+
+def load(model: keras.Model, path: str, family: str, use_ema: bool = True) -> LoadReport:
+    """Load a slim checkpoint file (V1 or V2 prefix) into ``model``."""
+    return assign(model, read(path), family, use_ema)

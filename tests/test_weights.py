@@ -1,0 +1,242 @@
+"""Slim checkpoints -> Keras: exact values, strictness, download, cache, CLI."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from slim_kit import pack, random_variables, serve, write_checkpoint
+
+import keras_inception as ki
+from keras_inception import checkpoint, cli, slim, weights
+from keras_inception.models import get
+
+V3_ARCHIVE = weights.PRETRAINED[("inception_v3", "imagenet")].archive
+
+
+@pytest.fixture(scope="module")
+def v3_variables():
+    return random_variables("inception_v3", seed=1)
+
+
+@pytest.fixture(scope="module")
+def v3_checkpoint(tmp_path_factory, v3_variables):
+    """A V1 checkpoint and its official archive in a mirror directory."""
+    root = tmp_path_factory.mktemp("v3")
+    prefix = write_checkpoint(v3_variables, str(root / "ckpt" / "inception_v3.ckpt"), "V1")
+    mirror = root / "mirror"
+    mirror.mkdir()
+    pack(prefix, str(mirror / V3_ARCHIVE))
+    return prefix, mirror
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return weights.cache_dir()
+
+
+def cache_entries(directory: str) -> list[str]:
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def assert_equal_to_source(model, variables, scope, classes=1001):
+    for w in model.weights:
+        source = variables[slim.slim_name(w.path, scope)]
+        if classes == 1000 and source.shape[-1] == 1001:
+            source = source[..., 1:]
+        np.testing.assert_array_equal(w.numpy(), source, err_msg=w.path)
+
+
+@pytest.mark.parametrize(
+    "family, version",
+    [
+        ("inception_v3", "V1"),
+        ("inception_v3", "V2"),
+        ("inception_v4", "V1"),
+        ("inception_resnet_v2", "V1"),
+        ("inception_resnet_v2", "V2"),
+        ("inception_v4", "V2"),
+    ],
+)
+def test_every_weight_equals_its_source(tmp_path, family, version):
+    builder, spec = get(family)
+    variables = random_variables(family, seed=2)
+    prefix = write_checkpoint(variables, str(tmp_path / f"{family}.ckpt"), version)
+    model = builder(weights=prefix, classes=1001, aux_logits=True)
+    assert len(model.weights) == len(variables)
+    assert_equal_to_source(model, variables, spec.slim_scope)
+
+
+def test_1000_classes_drop_the_background_row(v3_checkpoint, v3_variables):
+    prefix, _ = v3_checkpoint
+    model = ki.InceptionV3(weights=prefix)
+    assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
+    assert model.get_layer("Logits.Conv2d_1c_1x1").kernel.shape == (1, 1, 2048, 1000)
+
+
+def test_moving_averages_by_default_raw_on_request(tmp_path, v3_variables):
+    variables = dict(v3_variables)
+    shadows = {f"{n}{slim.EMA_SUFFIX}": v + 1.0 for n, v in v3_variables.items() if n.endswith("/weights")}
+    variables.update(shadows)
+    variables["global_step"] = np.array(12345, np.int64)
+    prefix = write_checkpoint(variables, str(tmp_path / "ema.ckpt"), "V2")
+    model = ki.InceptionV3(classes=1001, aux_logits=True)
+    report = checkpoint.load(model, prefix, "inception_v3")
+    assert report.ema
+    name = "InceptionV3/Mixed_6b/Branch_1/Conv2d_0b_1x7/weights"
+    layer = model.get_layer(slim.keras_path(name, "InceptionV3").split("/")[0])
+    np.testing.assert_array_equal(layer.kernel.numpy(), v3_variables[name] + 1.0)
+    checkpoint.load(model, prefix, "inception_v3", use_ema=False)
+    np.testing.assert_array_equal(layer.kernel.numpy(), v3_variables[name])
+
+
+def _mutations(variables):
+    name = "InceptionV3/Mixed_5c/Branch_1/Conv_1_0c_5x5/weights"
+    missing = {k: v for k, v in variables.items() if k != name}
+    reshaped = {**variables, name: np.zeros((3, 3, 48, 64), np.float32)}
+    extra = {**variables, "InceptionV3/Mixed_5c/Branch_9/Conv2d_0a_1x1/weights": np.zeros((1,), np.float32)}
+    other = {k.replace("InceptionV3/", "InceptionV4/", 1): v for k, v in variables.items()}
+    return [
+        (missing, f"no variable {name}"),
+        (reshaped, f"shape mismatch for {name}"),
+        (extra, "InceptionV3/Mixed_5c/Branch_9/Conv2d_0a_1x1/weights has no place"),
+        (other, "checkpoint holds inception_v4, the model is inception_v3"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["missing", "shape", "unknown", "other-family"])
+def test_strict_errors_name_the_variable_and_change_nothing(v3_variables, case):
+    variables, message = _mutations(v3_variables)[case]
+    model = ki.InceptionV3(classes=1001, aux_logits=True)
+    before = [w.numpy().copy() for w in model.weights[:20]]
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.assign(model, variables, "inception_v3")
+    for w, b in zip(model.weights[:20], before, strict=True):
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_head_variables_are_skipped_only_when_the_head_is_absent(v3_variables):
+    model = ki.InceptionV3(include_top=False)
+    report = checkpoint.assign(model, v3_variables, "inception_v3")
+    assert {n.split("/")[1] for n in report.skipped_heads} == {"Logits", "AuxLogits"}
+    assert report.used + len(report.skipped_heads) == len(v3_variables)
+
+
+def test_imagenet_download_then_offline_cache_hit(v3_checkpoint, v3_variables, cache, monkeypatch):
+    _, mirror = v3_checkpoint
+    with serve(str(mirror)) as url:
+        monkeypatch.setenv(weights.URL_ENV, url)
+        model = ki.InceptionV3(weights="imagenet")
+    assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
+    assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
+    monkeypatch.setenv(weights.URL_ENV, "http://127.0.0.1:9/unreachable/")  # server gone: cache hit
+    again = ki.InceptionV3(weights="imagenet", classes=1001, aux_logits=True)
+    assert_equal_to_source(again, v3_variables, "InceptionV3", classes=1001)
+
+
+def test_file_url_mirror(v3_checkpoint, cache, monkeypatch):
+    _, mirror = v3_checkpoint
+    monkeypatch.setenv(weights.URL_ENV, mirror.as_uri())
+    weights.fetch("inception_v3", "imagenet")
+    assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
+
+
+def _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables):
+    prefix, mirror = v3_checkpoint
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    target = bad / V3_ARCHIVE
+    if kind == "truncated":
+        data = (mirror / V3_ARCHIVE).read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif kind == "dotdot":
+        pack(prefix, str(target), extra={"../escape.txt": b"x"})
+    elif kind == "other-family":
+        small = {"InceptionV4/Conv2d_1a_3x3/weights": np.zeros((3, 3, 3, 32), np.float32)}
+        pack(write_checkpoint(small, str(tmp_path / "v4" / "inception_v3.ckpt")), str(target))
+    elif kind == "missing-variable":
+        name = "InceptionV3/Mixed_7c/Branch_3/Conv2d_0b_1x1/BatchNorm/beta"
+        fewer = {k: v for k, v in v3_variables.items() if k != name}
+        pack(write_checkpoint(fewer, str(tmp_path / "few" / "inception_v3.ckpt")), str(target))
+    else:
+        (bad / V3_ARCHIVE).symlink_to(mirror / V3_ARCHIVE)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "kind, error, message",
+    [
+        ("truncated", weights.WeightsError, "corrupt or truncated"),
+        ("dotdot", weights.WeightsError, "unsafe path"),
+        ("other-family", checkpoint.CheckpointError, "checkpoint holds inception_v4"),
+        ("missing-variable", checkpoint.CheckpointError, "Mixed_7c/Branch_3/Conv2d_0b_1x1/BatchNorm/beta"),
+        ("dropped-connection", weights.WeightsError, "download of .* (failed|truncated)"),
+        ("wrong-sha256", weights.WeightsError, "expected the pinned"),
+    ],
+)
+def test_bad_downloads_fail_clearly_and_cache_nothing(
+    kind, error, message, tmp_path, v3_checkpoint, v3_variables, cache, monkeypatch
+):
+    mirror = _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables)
+    if kind == "wrong-sha256":
+        monkeypatch.setitem(
+            weights.PRETRAINED, ("inception_v3", "imagenet"), weights.PRETRAINED[("inception_v3", "imagenet")]
+        )
+        weights.pin("inception_v3", "imagenet", "0" * 64)
+    cut = 1 << 20 if kind == "dropped-connection" else None
+    with serve(str(mirror), cut_after=cut) as url:
+        monkeypatch.setenv(weights.URL_ENV, url)
+        with pytest.raises(error, match=message):
+            ki.InceptionV3(weights="imagenet")
+    assert cache_entries(cache) == []
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_local_archive_and_cli_convert(v3_checkpoint, v3_variables, tmp_path, capsys):
+    prefix, mirror = v3_checkpoint
+    archive = str(mirror / V3_ARCHIVE)
+    out_keras = str(tmp_path / "v3.keras")
+    assert cli.main(["convert", archive, out_keras, "--classes", "1001", "--aux-logits"]) == 0
+    printed = capsys.readouterr().out
+    assert "388 of 388 slim variables -> 388 Keras weights" in printed
+    assert "output finite yes; every variable used yes" in printed
+    restored = keras.saving.load_model(out_keras)
+    assert_equal_to_source(restored, v3_variables, "InceptionV3")
+
+    out_h5 = str(tmp_path / "v3.weights.h5")
+    assert cli.main(["convert", prefix, out_h5, "--model", "inception_v3"]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    model = ki.InceptionV3(weights=out_h5)
+    assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
+
+    assert cli.main(["convert", prefix, str(tmp_path / "v3.keras"), "--model", "inception_v4"]) == 2
+    assert "checkpoint holds inception_v3" in capsys.readouterr().err
+
+
+def test_cli_convert_to_saved_model_versions(v3_checkpoint, tmp_path):
+    import tensorflow as tf
+
+    prefix, _ = v3_checkpoint
+    base = str(tmp_path / "serving")
+    assert cli.main(["convert", prefix, base]) == 0
+    assert cli.main(["convert", prefix, base]) == 0
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    loaded = tf.saved_model.load(os.path.join(base, "1"))
+    x = np.zeros((1, 299, 299, 3), np.float32)
+    assert loaded.serve(x).shape == (1, 1000)
+
+
+def test_cli_predict_on_shipped_photos(v3_checkpoint, tmp_path, capsys):
+    prefix, _ = v3_checkpoint
+    h5 = str(tmp_path / "v3.weights.h5")
+    ki.InceptionV3(weights=prefix).save_weights(h5)
+    images = os.path.join(os.path.dirname(ki.__file__), "data", "images")
+    paths = [os.path.join(images, f) for f in ("cat.png", "camera_grayscale.png", "rocket.jpg")]
+    assert cli.main(["predict", *paths, "--model", "inception_v3", "--weights", h5, "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if not line.startswith("  ")] == [f"{p}:" for p in paths]
+    assert len(lines) == 3 * 4
+    assert (
+        cli.main(["predict", str(tmp_path / "missing.jpg"), "--model", "inception_v3", "--weights", h5]) == 2
+    )
