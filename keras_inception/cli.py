@@ -1,4 +1,4 @@
-"""``keras-inception``: convert slim checkpoints, classify images."""
+"""``keras-inception``: convert slim checkpoints, classify images, export for deployment."""
 
 from __future__ import annotations
 
@@ -14,36 +14,24 @@ def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _next_version(base: str) -> int:
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
-    return max(versions, default=0) + 1
-
-
 def save(model, output: str, version: int | None = None) -> str:
     """Write ``model`` atomically: ``.keras``, ``.weights.h5``, or a SavedModel at ``output/<version>``."""
+    if not output.endswith((".keras", ".weights.h5")):
+        from keras_inception import export
+
+        return export.export_saved_model(model, output, version)
     parent = os.path.dirname(os.path.abspath(output))
-    if output.endswith((".keras", ".weights.h5")):
-        os.makedirs(parent, exist_ok=True)
-        suffix = ".keras" if output.endswith(".keras") else ".weights.h5"
-        fd, staged = tempfile.mkstemp(dir=parent, prefix=".partial-", suffix=suffix)
-        os.close(fd)
-        try:
-            model.save(staged) if suffix == ".keras" else model.save_weights(staged)
-            os.replace(staged, output)
-        finally:
-            if os.path.exists(staged):
-                os.remove(staged)
-        return output
-    version = version or _next_version(output)
-    final = os.path.join(output, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; choose another --version")
-    os.makedirs(output, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output, prefix=".partial-") as tmp:
-        staged = os.path.join(tmp, "model")
-        model.export(staged, format="tf_saved_model", verbose=False)
-        os.replace(staged, final)
-    return final
+    os.makedirs(parent, exist_ok=True)
+    suffix = ".keras" if output.endswith(".keras") else ".weights.h5"
+    fd, staged = tempfile.mkstemp(dir=parent, prefix=".partial-", suffix=suffix)
+    os.close(fd)
+    try:
+        model.save(staged) if suffix == ".keras" else model.save_weights(staged)
+        os.replace(staged, output)
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+    return output
 
 
 def cmd_convert(args) -> int:
@@ -115,6 +103,51 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import numpy as np
+
+    from keras_inception import export, preprocessing
+    from keras_inception.models import create
+
+    model = create(args.source, weights=args.weights) if args.weights else create(args.source)
+    size = export.input_size(model)
+    name = model.name
+    check = (
+        export.representative_images(args.calibration, size)
+        if args.calibration
+        else [
+            preprocessing.eval_transform(
+                np.random.default_rng(0).integers(0, 256, (*size, 3), np.uint8), size
+            ).numpy()
+        ]
+    )
+    images = np.stack(check[:16])
+    reference = model.predict(images, verbose=0)
+    if args.format == "savedmodel":
+        path = export.export_saved_model(
+            model, args.output or os.path.join("saved_models", name), args.version
+        )
+        import tensorflow as tf
+
+        pixels = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
+        served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(pixels))
+        ours = model.predict(preprocessing.eval_transform(pixels, size), verbose=0)
+        result = export.compare(ours, served["probabilities"].numpy())
+    elif args.format == "tflite":
+        path = args.output or os.path.join("saved_models", f"{name}_{args.quantize}.tflite")
+        export.export_tflite(model, path, args.quantize, check if args.calibration else None)
+        runner = export.TFLiteRunner(path)
+        result = export.compare(reference, runner(images))
+        result["latency_ms_batch1"] = export.latency_ms(runner, images[0])
+    else:
+        path = export.export_onnx(model, args.output or os.path.join("saved_models", f"{name}.onnx"))
+        result = export.compare(reference, export.onnx_runner(path)(images))
+    size_mb = export.disk_size(path) / 1e6
+    print(f"exported {name} -> {path} ({size_mb:.1f} MB)")
+    print(f"  against Keras on {len(images)} images: " + ", ".join(f"{k} {v:.6g}" for k, v in result.items()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from keras_inception.models import MODELS
 
@@ -150,6 +183,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default="imagenet", help="imagenet (or another tag), or a weights file")
     r.add_argument("--top", type=int, default=5)
     r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("export", help="SavedModel for TF Serving, TFLite / LiteRT, or ONNX")
+    e.add_argument("source", help="model name (with --weights), .keras file, or slim checkpoint / archive")
+    e.add_argument("--weights", help="with a model name: imagenet (or another tag) or a weights file")
+    e.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), default="savedmodel")
+    e.add_argument("--quantize", choices=("none", "float16", "dynamic", "int8"), default="none")
+    e.add_argument("--calibration", help="image folder: int8 calibration, and the images the check runs on")
+    e.add_argument("--output", help="SavedModel directory (versioned) or file; default under saved_models/")
+    e.add_argument("--version", type=int, help="SavedModel version (default: next free)")
+    e.set_defaults(func=cmd_export)
     return p
 
 

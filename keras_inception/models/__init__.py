@@ -36,3 +36,41 @@ __all__ = [
     "feature_extractor",
     "get",
 ]
+
+
+def create(source: str, weights=None, **kwargs):
+    """A model from a registered name (with ``weights``), a ``.keras`` file, or a slim
+    checkpoint / archive (family detected from its variables)."""
+    import os
+
+    import keras
+
+    from keras_inception import checkpoint
+    from keras_inception import weights as weights_lib
+
+    if source in MODELS:
+        builder, _ = MODELS[source]
+        return builder(weights=weights, **kwargs)
+    if source.endswith(".keras"):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"model file not found: {source}")
+        return keras.saving.load_model(source)
+    if (
+        source.endswith(weights_lib.ARCHIVE_SUFFIXES)
+        or os.path.exists(source)
+        or os.path.exists(f"{source}.index")
+    ):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            prefix = (
+                weights_lib.extract_checkpoint(source, tmp)
+                if source.endswith(weights_lib.ARCHIVE_SUFFIXES)
+                else source
+            )
+            variables = checkpoint.read(prefix)
+        family = checkpoint.family_of(variables)
+        model = MODELS[family][0](weights=None, **kwargs)
+        checkpoint.assign(model, variables, family)
+        return model
+    raise ValueError(f"{source!r} is neither a model name ({sorted(MODELS)}), a .keras file nor a checkpoint")

@@ -1,0 +1,263 @@
+"""Deployment: SavedModel for TF Serving, TFLite / LiteRT (float32, float16, int8), ONNX.
+
+Every path is checked against the Keras model it came from; :func:`compare` gives the
+figures (cosine similarity, top-1 agreement, max abs difference) that the docs record.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_inception import imagenet, preprocessing
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+def class_names(classes: int) -> list[str]:
+    """ImageNet names for 1000 / 1001 outputs (slim's background first), else the indices."""
+    names = [name for _, name in imagenet.classes()]
+    if classes == 1000:
+        return names
+    if classes == 1001:
+        return ["background", *names]
+    return [str(i) for i in range(classes)]
+
+
+def next_version(base: str) -> int:
+    """The next free TF Serving version number under ``base`` (1 for a new directory)."""
+    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    return max(versions, default=0) + 1
+
+
+def input_size(model: keras.Model) -> tuple[int, int]:
+    height, width = model.input_shape[1:3]
+    return (height or 299, width or 299)
+
+
+def export_saved_model(
+    model: keras.Model,
+    directory: str,
+    version: int | None = None,
+    top_k: int = 5,
+    names: list[str] | None = None,
+) -> str:
+    """A SavedModel in TF Serving's layout (``directory/<version>``), written atomically.
+
+    Signatures:
+        ``serving_default``: ``images``, uint8 ``[N, H, W, 3]`` of any size.
+        ``serve_image_bytes``: ``image_bytes``, a string batch of JPEG/PNG files (what
+        TF Serving's REST API delivers from ``{"b64": ...}``).
+    Both apply slim's evaluation transform inside and return ``probabilities`` (the
+    model's output) and ``top_k_classes`` / ``top_k_names`` / ``top_k_scores``.
+    """
+    size = input_size(model)
+    classes = model.output_shape[-1]
+    names = tf.constant(names or class_names(classes))
+    k = min(top_k, classes)
+
+    def respond(images):
+        """``images`` already sized and in [-1, 1] -> the model's output and its top k."""
+        outputs = model(images, training=False)
+        top = tf.math.top_k(outputs, k=k)
+        return {
+            "probabilities": outputs,
+            "top_k_classes": top.indices,
+            "top_k_names": tf.gather(names, top.indices),
+            "top_k_scores": top.values,
+        }
+
+    def from_pixels(images):
+        return respond(preprocessing.eval_transform(images, size))
+
+    def from_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda data: preprocessing.eval_transform(preprocessing.decode_image(data), size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
+        )
+        return respond(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        from_pixels,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        "serve_image_bytes",
+        from_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    version = version or next_version(directory)
+    final = os.path.join(directory, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; choose another version")
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".partial-") as tmp:
+        staged = os.path.join(tmp, "model")
+        archive.write_out(staged, verbose=False)
+        os.replace(staged, final)
+    return final
+
+
+def representative_images(directory: str, size: tuple[int, int], limit: int = 100) -> list[np.ndarray]:
+    """Calibration inputs: images of ``directory`` after slim's evaluation transform."""
+    files = sorted(
+        os.path.join(directory, f)
+        for f in os.listdir(directory)
+        if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif"))
+    )[:limit]
+    if not files:
+        raise ValueError(f"no JPEG/PNG/BMP/GIF images in calibration directory {directory}")
+    return [preprocessing.eval_transform(preprocessing.load_image(f), size).numpy() for f in files]
+
+
+def export_tflite(
+    model: keras.Model,
+    path: str,
+    quantize: str = "none",
+    calibration: Iterable[np.ndarray] | None = None,
+) -> str:
+    """A ``.tflite`` flatbuffer (batch 1, input float32 in [-1, 1]), written atomically.
+
+    ``quantize``: ``none`` (float32), ``float16`` (weights), ``dynamic`` (int8 weights,
+    float activations) or ``int8`` (full integer, int8 input and output, calibrated on
+    ``calibration`` images).
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    size = input_size(model)
+    with tempfile.TemporaryDirectory() as tmp:  # via SavedModel: the converter freezes its variables
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serve",
+            lambda images: model(images, training=False),
+            input_signature=[tf.TensorSpec([1, *size, 3], tf.float32, name="images")],
+        )
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
+        flatbuffer = _convert(converter, quantize, calibration)
+    _write_atomic(path, flatbuffer)
+    return path
+
+
+def _convert(converter, quantize: str, calibration) -> bytes:
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        samples = list(calibration or [])
+        if not samples:
+            raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([s[np.newaxis].astype(np.float32)] for s in samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, staged = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+
+
+class TFLiteRunner:
+    """Runs a ``.tflite`` file with LiteRT (XNNPACK on CPU), quantizing int8 I/O as needed."""
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads or os.cpu_count())
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._one(image) for image in images])
+
+    def _one(self, image: np.ndarray) -> np.ndarray:
+        x = image[np.newaxis].astype(np.float32)
+        if self.input["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])
+        if self.output["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.output["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+
+def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
+    """An ONNX file through tf2onnx (the ``onnx`` extra), dynamic batch, NHWC input."""
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ImportError("ONNX export needs the onnx extra: pip install 'keras-inception[onnx]'") from error
+    size = input_size(model)
+    fn = tf.function(lambda x: model(x, training=False))
+    spec = (tf.TensorSpec([None, *size, 3], tf.float32, name="images"),)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    _write_atomic(path, proto.SerializeToString())
+    return path
+
+
+def onnx_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images.astype(np.float32)})[0]
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Agreement of two output batches: mean cosine similarity, top-1 agreement, max abs diff."""
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = candidate.reshape(len(candidate), -1).astype(np.float64)
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {
+        "cosine": float(cosine.mean()),
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+        "max_abs_diff": float(np.abs(a - b).max()),
+    }
+
+
+def disk_size(path: str) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def latency_ms(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, repeats: int = 10) -> float:
+    """Median batch-1 latency in milliseconds, after one warm-up call."""
+    batch = image[np.newaxis]
+    run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

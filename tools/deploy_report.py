@@ -1,0 +1,125 @@
+"""Measure every deployment path of full-size models on real photos; write docs/deployment.md.
+
+    python tools/deploy_report.py --images ../shared/datasets/imagenet_sample/images \
+        --models inception_v3 inception_v4 --weights imagenet
+
+For each model: file size, cosine similarity of logits and top-1 agreement with the
+float32 Keras model, and batch-1 latency (LiteRT with XNNPACK; ONNX Runtime). The
+first half of the images calibrates int8, the second half is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_inception import export  # noqa: E402
+from keras_inception.models import create  # noqa: E402
+
+
+def measure(name: str, weights: str | None, images: list[np.ndarray], workdir: str) -> list[dict]:
+    model = create(name, weights=weights, classifier_activation=None)  # logits, as the issue asks
+    calibration, held_out = images[: len(images) // 2], np.stack(images[len(images) // 2 :])
+    reference = model.predict(held_out, batch_size=8, verbose=0)
+    rows = []
+
+    def keras_run(batch):
+        return model.predict(batch, verbose=0)
+
+    rows.append(
+        {
+            "path": "Keras float32",
+            "size_mb": sum(w.size * 4 for w in model.weights) / 1e6,
+            **export.compare(reference, reference),
+            "latency_ms": export.latency_ms(keras_run, held_out[0]),
+        }
+    )
+    for quantize in export.QUANTIZATIONS:
+        path = os.path.join(workdir, f"{name}_{quantize}.tflite")
+        export.export_tflite(model, path, quantize, calibration)
+        runner = export.TFLiteRunner(path)
+        label = {"none": "float32", "dynamic": "dynamic-range int8", "int8": "full int8"}.get(
+            quantize, quantize
+        )
+        rows.append(
+            {
+                "path": f"LiteRT {label}",
+                "size_mb": os.path.getsize(path) / 1e6,
+                **export.compare(reference, runner(held_out)),
+                "latency_ms": export.latency_ms(runner, held_out[0]),
+            }
+        )
+        print(name, rows[-1], flush=True)
+    try:
+        path = export.export_onnx(model, os.path.join(workdir, f"{name}.onnx"))
+        run = export.onnx_runner(path)
+        rows.append(
+            {
+                "path": "ONNX Runtime float32",
+                "size_mb": os.path.getsize(path) / 1e6,
+                **export.compare(reference, run(held_out)),
+                "latency_ms": export.latency_ms(run, held_out[0]),
+            }
+        )
+    except ImportError as error:
+        print(f"ONNX skipped: {error}")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, help="folder of real photos (JPEG/PNG)")
+    p.add_argument("--models", nargs="+", default=["inception_v3", "inception_v4"])
+    p.add_argument("--weights", default=None, help="imagenet, or omit for the default initialisation")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--output", default="docs/deployment.md")
+    args = p.parse_args()
+    images = export.representative_images(args.images, (299, 299), args.limit)
+    lines = [
+        "# Deployment: sizes, agreement and latency",
+        "",
+        f"Measured by `tools/deploy_report.py` on {datetime.date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, TensorFlow {tf.__version__}; {len(images)} photos of `{args.images}` "
+        f"(first half calibrates int8, second half is measured). Weights: `{args.weights}`"
+        + (
+            ""
+            if args.weights
+            else " (the default initialisation: no pretrained weights can be downloaded "
+            "on the machine that made this table, so agreement is measured on untrained networks)"
+        )
+        + ".",
+        "Agreement is against the float32 Keras model's logits; latency is the median of 10 batch-1 "
+        "calls after a warm-up (LiteRT uses XNNPACK on the CPU).",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            rows = measure(name, args.weights, images, workdir)
+            lines += [
+                f"## {name}",
+                "",
+                "| path | size (MB) | cosine | top-1 agreement | max abs diff | latency (ms) |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {r['path']} | {r['size_mb']:.1f} | {r['cosine']:.6f} | {r['top1_agreement']:.2%} | "
+                f"{r['max_abs_diff']:.3g} | {r['latency_ms']:.1f} |"
+                for r in rows
+            ]
+            lines.append("")
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
