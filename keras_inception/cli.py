@@ -148,6 +148,172 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _source(spec: str, args, split: str):
+    from keras_inception import data
+
+    return data.open_source(
+        spec,
+        split,
+        args.data_dir,
+        num_classes=args.num_classes,
+        label_offset=args.label_offset,
+        manual_dir=args.manual_dir,
+        on_error=args.on_error,
+    )
+
+
+def cmd_train(args) -> int:
+    import keras
+    import tensorflow as tf
+
+    from keras_inception import data, training
+    from keras_inception.models import get
+
+    if args.mixed_precision:
+        keras.config.set_dtype_policy(f"mixed_{args.mixed_precision}")
+    builder, spec = get(args.model)
+    recipe = training.Recipe(
+        learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs,
+        clipnorm=args.clipnorm,
+        ema_momentum=None if args.no_ema else args.ema_momentum,
+        label_smoothing=args.label_smoothing,
+    )
+    source = _source(args.data, args, "train")
+    val = _source(args.val_data, args, args.val_split) if args.val_data else None
+    strategy = training.get_strategy(args.strategy, args.tpu)
+    global_batch = args.batch_size
+    steps = args.steps_per_epoch or (source.size // global_batch if source.size else None)
+    if not steps:
+        raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
+    extra = {"width": args.width} | ({"depths": tuple(args.depths)} if args.depths else {})
+
+    def build():
+        model = builder(
+            weights=None,
+            classes=source.num_classes,
+            input_shape=(args.image_size, args.image_size, 3),
+            aux_logits=args.aux_logits,
+            **extra,
+        )
+        if args.sync_bn:
+            training.sync_batch_norm(model)
+        return model
+
+    def pipeline(src, is_training, batch):
+        return data.pipeline(
+            src,
+            batch,
+            is_training,
+            args.image_size,
+            aux_logits=args.aux_logits and is_training,
+            repeat=is_training,
+            seed=args.seed,
+        )
+
+    keras.utils.set_random_seed(args.seed)
+    if args.strategy == "multi-worker":
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            shard = data.Source(
+                source.dataset.shard(context.num_input_pipelines, context.input_pipeline_id),
+                source.class_names,
+                None,
+            )
+            return pipeline(shard, True, context.get_per_replica_batch_size(global_batch))
+
+        model, losses = training.distributed_fit(
+            strategy,
+            build,
+            dataset_fn,
+            global_batch,
+            args.epochs * steps,
+            recipe,
+            steps,
+            checkpoint_dir=os.path.join(args.output, "backup"),
+        )
+        print(
+            f"trained {args.epochs * steps} steps; last loss {losses[-1]:.4f}" if losses else "nothing to do"
+        )
+        model.save(os.path.join(args.output, "final.keras"))
+    else:
+        training.train(
+            build,
+            pipeline(source, True, global_batch),
+            pipeline(val, False, global_batch) if val else None,
+            args.output,
+            args.epochs,
+            steps,
+            recipe,
+            strategy,
+            args.xla,
+        )
+    print(f"wrote {os.path.join(args.output, 'final.keras')}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from keras_inception import training
+
+    summary = training.finetune(
+        args.data,
+        args.model,
+        weights=None if args.weights.lower() == "none" else args.weights,
+        output_dir=args.output,
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        unfreeze_from=args.unfreeze_from,
+        learning_rate=args.learning_rate,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+    )
+    history = summary["history"]
+    print(
+        f"classes: {len(summary['classes'])}; images: {summary['train_images']} train, "
+        f"{summary['validation_images']} validation"
+    )
+    if summary["skipped_files"]:
+        print(f"skipped {len(summary['skipped_files'])} unreadable files: {summary['skipped_files'][:5]}")
+    best = os.path.join(args.output, "best.keras")
+    print(f"best validation top-1 {max(history['val_top1']):.2%}; model: {best}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from keras_inception import evaluation
+    from keras_inception.models import create
+
+    source = _source(args.data, args, args.split)
+    models = [create(m, weights=args.weights) if args.weights else create(m) for m in args.models]
+    size = models[0].input_shape[1] or 299
+    print(f"{'+'.join(m.name for m in models)} on {args.data}")
+    print("| crops | images | top-1 error % | top-5 error % |")
+    print("| --- | --- | --- | --- |")
+    results = []
+    for scheme in args.crops:
+        result = evaluation.evaluate(models, source.dataset, source.class_names, scheme, size, args.limit)
+        results.append(result)
+        print(f"| {scheme} | {result.images} | {result.top1_error:.2f} | {result.top5_error:.2f} |")
+    print("most confused (true -> predicted, count):")
+    for true, predicted, count in results[-1].confused:
+        print(f"  {true} -> {predicted}: {count}")
+    return 0
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="TFDS data_dir")
+    p.add_argument("--manual-dir", help="TFDS manual_dir (imagenet2012)")
+    p.add_argument("--num-classes", type=int, help="classes of TFRecord data")
+    p.add_argument("--label-offset", type=int, default=0, help="added to TFRecord labels (slim ImageNet: -1)")
+    p.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="unreadable image files")
+    p.add_argument("--image-size", type=int, default=299)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def parser() -> argparse.ArgumentParser:
     from keras_inception.models import MODELS
 
@@ -193,6 +359,61 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="SavedModel directory (versioned) or file; default under saved_models/")
     e.add_argument("--version", type=int, help="SavedModel version (default: next free)")
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("train", help="train from scratch with the paper's recipe")
+    t.add_argument("--data", required=True, help="image folder, TFRecord glob, or tfds:NAME")
+    t.add_argument("--val-data", help="validation data (same forms)")
+    t.add_argument("--val-split", default="validation", help="TFDS split of --val-data")
+    t.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--output", default="train_output")
+    t.add_argument(
+        "--strategy", choices=("one-device", "mirrored", "multi-worker", "tpu"), default="one-device"
+    )
+    t.add_argument("--tpu", help="TPU name or address for --strategy tpu")
+    t.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch")
+    t.add_argument("--mixed-precision", choices=("bfloat16", "float16"))
+    t.add_argument("--xla", action="store_true", help="jit_compile the training step")
+    t.add_argument("--aux-logits", action="store_true", help="train the aux head (loss weight 0.4)")
+    t.add_argument("--learning-rate", type=float, default=0.045)
+    t.add_argument("--warmup-epochs", type=float, default=0.0)
+    t.add_argument("--clipnorm", type=float)
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--ema-momentum", type=float, default=0.9999)
+    t.add_argument("--no-ema", action="store_true", help="no moving average of the weights")
+    t.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    t.add_argument("--depths", type=int, nargs=3, help="blocks per stage (v4 and Inception-ResNets)")
+    _data_options(t)
+    t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("finetune", help="transfer learning on an image folder (one subfolder per class)")
+    f.add_argument("--data", required=True)
+    f.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
+    f.add_argument("--weights", default="imagenet", help="imagenet, a weights file, or none (random base)")
+    f.add_argument("--output", default="finetune_output")
+    f.add_argument("--epochs", type=int, default=5, help="epochs with the base frozen")
+    f.add_argument("--fine-tune-epochs", type=int, default=0, help="then epochs with the top blocks unfrozen")
+    f.add_argument("--unfreeze-from", default="Mixed_7a")
+    f.add_argument("--learning-rate", type=float, default=1e-3)
+    f.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
+    f.add_argument("--validation-split", type=float, default=0.1)
+    _data_options(f)
+    f.set_defaults(func=cmd_finetune)
+
+    v = sub.add_parser(
+        "evaluate", help="top-1/top-5 error for 1, 12 and 144 crops, single models or ensembles"
+    )
+    v.add_argument("--data", required=True, help="image folder, TFRecord glob, or tfds:NAME")
+    v.add_argument("--split", default="validation")
+    v.add_argument(
+        "--models", nargs="+", required=True, help="model names (with --weights), .keras files or checkpoints"
+    )
+    v.add_argument("--weights", help="for model names: imagenet or a weights file")
+    v.add_argument("--crops", type=int, nargs="+", default=[1], choices=(1, 12, 144))
+    v.add_argument("--limit", type=int, help="evaluate the first N images")
+    _data_options(v)
+    v.set_defaults(func=cmd_evaluate)
     return p
 
 

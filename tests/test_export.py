@@ -21,7 +21,9 @@ SIZE = (75, 75)
 def model():
     keras.utils.set_random_seed(0)
     return randomize(
-        ki.InceptionResNetV2(input_shape=(*SIZE, 3), depths=(1, 1, 2), classes=10, classifier_activation=None),
+        ki.InceptionResNetV2(
+            input_shape=(*SIZE, 3), depths=(1, 1, 2), classes=10, classifier_activation=None
+        ),
         seed=3,
     )
 
@@ -55,7 +57,14 @@ def test_saved_model_in_a_fresh_process(model, pixels, saved_model, tmp_path):
     np.save(tmp_path / "pixels.npy", pixels)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, saved_model, str(tmp_path / "pixels.npy"), str(tmp_path / "out.npz")],
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            saved_model,
+            str(tmp_path / "pixels.npy"),
+            str(tmp_path / "out.npz"),
+        ],
         check=True,
         env=env,
     )
@@ -93,7 +102,9 @@ def test_saved_model_rejects_bad_input_clearly(saved_model):
 )
 def test_tflite_agrees_with_keras(model, pixels, tmp_path, quantize, min_cosine, max_abs):
     images = preprocessing.eval_transform(pixels, SIZE).numpy()
-    path = export.export_tflite(model, str(tmp_path / f"m_{quantize}.tflite"), quantize, calibration=list(images))
+    path = export.export_tflite(
+        model, str(tmp_path / f"m_{quantize}.tflite"), quantize, calibration=list(images)
+    )
     result = export.compare(model.predict(images, verbose=0), export.TFLiteRunner(path)(images))
     assert result["cosine"] >= min_cosine, result
     if max_abs is not None:

@@ -37,7 +37,7 @@ def measure(name: str, weights: str | None, images: list[np.ndarray], workdir: s
     rows.append(
         {
             "path": "Keras float32",
-            "size_mb": sum(w.size * 4 for w in model.weights) / 1e6,
+            "size_mb": sum(int(np.prod(w.shape)) * 4 for w in model.weights) / 1e6,
             **export.compare(reference, reference),
             "latency_ms": export.latency_ms(keras_run, held_out[0]),
         }

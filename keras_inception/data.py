@@ -1,0 +1,300 @@
+"""tf.data input pipelines: image folders, slim-layout TFRecords, TFDS; slim's augmentation.
+
+Every source becomes ``(uint8 image, int label)`` pairs, then :func:`pipeline` applies
+slim's Inception preprocessing (training or evaluation), batches, one-hot encodes
+(for label smoothing, MixUp and CutMix) and prefetches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_inception import preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Source:
+    """Decoded examples and what is known about them."""
+
+    dataset: tf.data.Dataset  # (uint8 [H, W, 3], int64 label[, bbox [N, 4]])
+    class_names: list[str]
+    size: int | None  # examples, when known
+    skipped: list[str] = dataclasses.field(default_factory=list)  # unreadable files
+    files: list[tuple[str, int]] | None = None  # (path, label), for folders
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _check_decodable(files: list[str]) -> set[str]:
+    """The files TensorFlow can decode as images (one parallel decode pass)."""
+    paths = tf.data.Dataset.from_tensor_slices(files)
+    decoded = paths.map(
+        lambda p: (p, tf.shape(preprocessing.decode_image(tf.io.read_file(p)))),
+        num_parallel_calls=AUTOTUNE,
+    ).ignore_errors()
+    return {p.decode() for p, _ in decoded.as_numpy_iterator()}
+
+
+def image_folder(directory: str, on_error: str = "skip", class_names: Sequence[str] | None = None) -> Source:
+    """One subfolder per class. JPEG, PNG (alpha dropped), GIF, BMP; grayscale and CMYK
+    become RGB. Unreadable files are found up front: skipped and listed in
+    ``Source.skipped`` (``on_error="skip"``), or a ``ValueError`` naming them (``"raise"``)."""
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no image folder at {directory}")
+    names = list(
+        class_names or sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    )
+    if not names:
+        raise ValueError(f"{directory} has no class subfolders (expected one folder per class)")
+    files, labels = [], []
+    for label, name in enumerate(names):
+        folder = os.path.join(directory, name)
+        for f in sorted(os.listdir(folder)):
+            if not f.startswith("."):
+                files.append(os.path.join(folder, f))
+                labels.append(label)
+    good = _check_decodable(files) if files else set()
+    skipped = [f for f in files if f not in good]
+    if skipped and on_error == "raise":
+        raise ValueError(f"{len(skipped)} unreadable files in {directory}: {skipped[:5]}")
+    kept = [(f, y) for f, y in zip(files, labels, strict=True) if f in good]
+    if not kept:
+        raise ValueError(f"no readable images in {directory}")
+    return _from_files(kept, names, skipped)
+
+
+def _from_files(files: list[tuple[str, int]], names: list[str], skipped: list[str]) -> Source:
+    paths = [f for f, _ in files]
+    labels = [y for _, y in files]
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+        lambda p, y: (preprocessing.decode_image(tf.io.read_file(p)), tf.cast(y, tf.int64)),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return Source(dataset, names, len(files), skipped, files)
+
+
+def split_folder(
+    directory: str, validation_split: float, seed: int = 0, on_error: str = "skip"
+) -> tuple[Source, Source]:
+    """Train and validation sources from one image folder: a seeded split per file."""
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+    full = image_folder(directory, on_error)
+    order = np.random.default_rng(seed).permutation(full.size)
+    cut = max(1, round(full.size * validation_split))
+    if cut >= full.size:
+        raise ValueError(f"{full.size} images are too few to hold out {validation_split:.0%} for validation")
+    pick = [full.files[i] for i in sorted(order[cut:])], [full.files[i] for i in sorted(order[:cut])]
+    return _from_files(pick[0], full.class_names, full.skipped), _from_files(pick[1], full.class_names, [])
+
+
+TFRECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def tfrecords(pattern: str | Sequence[str], num_classes: int, label_offset: int = 0) -> Source:
+    """TFRecords in slim's ImageNet layout (``image/encoded``, ``image/class/label``,
+    ``image/object/bbox/*``). slim's ImageNet labels are 1..1000 (0 = background):
+    pass ``label_offset=-1`` for 1000 classes. Bounding boxes feed the training crop."""
+    files = tf.io.gfile.glob(pattern) if isinstance(pattern, str) else list(pattern)
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern}")
+
+    def parse(record):
+        f = tf.io.parse_single_example(record, TFRECORD_FEATURES)
+        box = tf.stack(
+            [tf.sparse.to_dense(f[f"image/object/bbox/{k}"]) for k in ("ymin", "xmin", "ymax", "xmax")], 1
+        )
+        image = preprocessing.decode_image(f["image/encoded"])
+        return image, f["image/class/label"] + label_offset, box
+
+    dataset = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    names = [str(i) for i in range(num_classes)]
+    return Source(dataset.map(parse, num_parallel_calls=AUTOTUNE), names, None)
+
+
+def tfds_source(name: str, split: str, data_dir: str | None = None, manual_dir: str | None = None) -> Source:
+    """A TFDS dataset with ``image`` and ``label`` features (imagenet2012, tf_flowers, cifar10...)."""
+    import tensorflow_datasets as tfds
+
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    dataset, info = tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        as_supervised=True,
+        with_info=True,
+        download_and_prepare_kwargs={"download_config": config} if config else None,
+    )
+
+    def rgb(image, label):
+        image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+        return tf.cast(image, tf.uint8), tf.cast(label, tf.int64)
+
+    names = info.features["label"].names
+    try:
+        size = info.splits[split].num_examples
+    except KeyError:  # info without split metadata (e.g. TFDS's mock data)
+        size = None
+    return Source(dataset.map(rgb, num_parallel_calls=AUTOTUNE), list(names), size)
+
+
+def open_source(spec: str, split: str = "train", data_dir: str | None = None, **kwargs) -> Source:
+    """A folder path, a TFRecord glob (``*.tfrecord*`` / ``train-*``), or ``tfds:NAME``."""
+    if spec.startswith("tfds:"):
+        return tfds_source(spec[5:], split, data_dir, kwargs.get("manual_dir"))
+    if os.path.isdir(spec):
+        return image_folder(spec, kwargs.get("on_error", "skip"))
+    return tfrecords(spec, kwargs["num_classes"], kwargs.get("label_offset", 0))
+
+
+# ---------------------------------------------------------------- slim's training transform
+
+
+def distort_color(image: tf.Tensor, ordering: tf.Tensor) -> tf.Tensor:
+    """slim's ``distort_color`` on [0, 1] floats, one of its four orderings, then clipped."""
+
+    def brightness(x):
+        return tf.image.random_brightness(x, max_delta=32.0 / 255.0)
+
+    def saturation(x):
+        return tf.image.random_saturation(x, lower=0.5, upper=1.5)
+
+    def hue(x):
+        return tf.image.random_hue(x, max_delta=0.2)
+
+    def contrast(x):
+        return tf.image.random_contrast(x, lower=0.5, upper=1.5)
+
+    orders = [
+        (brightness, saturation, hue, contrast),
+        (saturation, brightness, contrast, hue),
+        (contrast, hue, brightness, saturation),
+        (hue, saturation, contrast, brightness),
+    ]
+
+    def apply(ops):
+        def run():
+            x = image
+            for op in ops:
+                x = op(x)
+            return x
+
+        return run
+
+    image = tf.switch_case(ordering, [apply(o) for o in orders])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def train_transform(image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = None) -> tf.Tensor:
+    """slim's ``preprocess_for_train``: distorted box crop, resize, flip, colour, [-1, 1].
+
+    ``sample_distorted_bounding_box`` with min_object_covered 0.1, aspect ratio
+    0.75-1.33, area 0.05-1.0, 100 attempts (the whole image when no box is given).
+    """
+    if bbox is None or bbox.shape.rank != 2:
+        bbox = tf.constant([[0.0, 0.0, 1.0, 1.0]])
+    bbox = tf.cond(tf.shape(bbox)[0] > 0, lambda: bbox, lambda: tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=bbox[tf.newaxis],
+        seed=tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32),
+        min_object_covered=0.1,
+        aspect_ratio_range=(0.75, 1.33),
+        area_range=(0.05, 1.0),
+        max_attempts=100,
+        use_image_if_no_bounding_boxes=True,
+    )
+    x = tf.slice(image, begin, crop_size)
+    x = tf.cast(x, tf.float32) / 255.0
+    x = tf.image.resize(x, [size, size], method="bilinear")
+    x = tf.image.random_flip_left_right(x)
+    x = distort_color(x, tf.random.uniform([], maxval=4, dtype=tf.int32))
+    return (x - 0.5) * 2.0
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def pipeline(
+    source: Source,
+    batch_size: int,
+    training: bool,
+    image_size: int = 299,
+    shuffle_buffer: int = 10_000,
+    cache: bool | str = False,
+    augment: Sequence[Callable] = (),
+    aux_logits: bool = False,
+    drop_remainder: bool | None = None,
+    seed: int | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(images in [-1, 1], one-hot labels)`` ready for ``model.fit``.
+
+    ``augment`` layers (``keras.layers.RandAugment(value_range=(-1, 1))``, ``MixUp``,
+    ``CutMix``, or any Keras / KerasCV layer) run on training batches; layers that take
+    ``{"images", "labels"}`` dicts (MixUp, CutMix) get both. With ``aux_logits`` the
+    labels are repeated for the aux head.
+    """
+    dataset = source.dataset
+    if cache:
+        dataset = dataset.cache(cache if isinstance(cache, str) else "")
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+
+    def transform(image, label, bbox=None):
+        if training:
+            x = train_transform(image, image_size, bbox)
+        else:
+            x = preprocessing.eval_transform(image, image_size)
+        x.set_shape([image_size, image_size, 3])
+        return x, tf.one_hot(label, source.num_classes)
+
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    if training:
+        for layer in augment:
+            dataset = dataset.map(_batch_augment(layer), num_parallel_calls=AUTOTUNE)
+    if aux_logits:
+        dataset = dataset.map(lambda x, y: (x, (y, y)))
+    return dataset.prefetch(AUTOTUNE)
+
+
+def _batch_augment(layer: Callable) -> Callable:
+    takes_labels = type(layer).__name__ in ("MixUp", "CutMix") or getattr(layer, "takes_labels", False)
+
+    def apply(x, y):
+        if takes_labels:
+            out = layer({"images": x, "labels": y}, training=True)
+            return out["images"], out["labels"]
+        return layer(x, training=True), y
+
+    return apply

@@ -1,0 +1,134 @@
+"""Evaluation as in the paper's Tables 2-5: top-1 / top-5 error for 1, 12 and 144 crops,
+ensembles (averaged softmax), and the most confused class pairs.
+
+144 crops (GoogLeNet, arXiv 1409.4842): the shorter side resized to 4 scales; the
+left, centre and right squares (top, centre, bottom for portrait images); from each
+the 4 corner crops, the centre crop and the square resized; and their mirrors:
+4 x 3 x 6 x 2. GoogLeNet's scales 256-352 for 224 crops become 342, 384, 427, 470
+for 299 (scaled by 299/224). 12 crops: one scale (342), the centre square, 6 crops
+x 2 mirrors (the paper does not spell its 12-crop scheme out; this is its natural
+reading).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_inception import preprocessing
+
+GOOGLENET_SCALES = (256, 288, 320, 352)
+CROP_SCHEMES = (1, 12, 144)
+
+
+def _scales(size: int, count: int) -> list[int]:
+    return [round(s * size / 224) for s in GOOGLENET_SCALES[:count]]
+
+
+def _resize_shorter(image: tf.Tensor, side: int) -> tf.Tensor:
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = side / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    return tf.image.resize(image, tf.maximum(new, side), method="bilinear")
+
+
+def _squares(image: tf.Tensor, side: int, count: int) -> list[tf.Tensor]:
+    """``count`` (1 or 3) squares along the longer side: centre, or start/centre/end."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    long_axis_is_width = w >= h
+    extent = tf.where(long_axis_is_width, w, h) - side
+    offsets = [extent // 2] if count == 1 else [0, extent // 2, extent]
+    out = []
+    for off in offsets:
+        y = tf.where(long_axis_is_width, 0, off)
+        x = tf.where(long_axis_is_width, off, 0)
+        out.append(tf.image.crop_to_bounding_box(image, y, x, side, side))
+    return out
+
+
+def _six(square: tf.Tensor, side: int, size: int) -> list[tf.Tensor]:
+    """4 corners and the centre (``size`` each), and the whole square resized."""
+    m = side - size
+    crops = [
+        tf.image.crop_to_bounding_box(square, y, x, size, size) for y, x in ((0, 0), (0, m), (m, 0), (m, m))
+    ]
+    crops.append(tf.image.crop_to_bounding_box(square, m // 2, m // 2, size, size))
+    crops.append(tf.image.resize(square, [size, size], method="bilinear"))
+    return crops
+
+
+def crops(image, scheme: int = 1, size: int = 299) -> tf.Tensor:
+    """``scheme`` crops (1, 12 or 144) of one uint8 ``(H, W, 3)`` image: ``(n, size, size, 3)`` in [-1, 1]."""
+    if scheme not in CROP_SCHEMES:
+        raise ValueError(f"crop scheme must be one of {CROP_SCHEMES}, got {scheme}")
+    if scheme == 1:
+        return preprocessing.eval_transform(image, size)[tf.newaxis]
+    x = tf.cast(image, tf.float32) / 255.0
+    scales, squares = (_scales(size, 1), 1) if scheme == 12 else (_scales(size, 4), 3)
+    views = []
+    for side in scales:
+        for square in _squares(_resize_shorter(x, side), side, squares):
+            views += _six(square, side, size)
+    batch = tf.stack(views)
+    batch = tf.concat([batch, tf.image.flip_left_right(batch)], axis=0)
+    return (batch - 0.5) * 2.0
+
+
+@dataclasses.dataclass
+class Result:
+    """Top-1 / top-5 error (%) and the most confused (true, predicted, count) pairs."""
+
+    images: int
+    top1_error: float
+    top5_error: float
+    confused: list[tuple[str, str, int]]
+
+
+def predict_averaged(models: Sequence[keras.Model], image, scheme: int, size: int) -> np.ndarray:
+    """Softmax averaged over the crops of one image and over the models (an ensemble)."""
+    views = crops(image, scheme, size)
+    total = 0.0
+    for model in models:
+        probabilities = model.predict(views, batch_size=48, verbose=0)
+        total = total + probabilities.mean(axis=0)
+    return total / len(models)
+
+
+def evaluate(
+    models: Sequence[keras.Model],
+    dataset: tf.data.Dataset,
+    class_names: Sequence[str],
+    scheme: int = 1,
+    size: int = 299,
+    limit: int | None = None,
+    top_confused: int = 10,
+) -> Result:
+    """Evaluate a model or an ensemble on ``(uint8 image, label)`` pairs.
+
+    Models with 1001 outputs (slim's background first) are read as 1000 classes.
+    """
+    classes = len(class_names)
+    top1 = top5 = n = 0
+    confusion: collections.Counter = collections.Counter()
+    progress = keras.utils.Progbar(limit)
+    for image, label in dataset.take(limit or -1):
+        p = predict_averaged(models, image, scheme, size)
+        if p.shape[-1] == classes + 1:
+            p = p[1:]
+        best = np.argsort(-p)[:5]
+        label = int(label)
+        top1 += best[0] == label
+        top5 += label in best
+        if best[0] != label:
+            confusion[(class_names[label], class_names[best[0]])] += 1
+        n += 1
+        progress.update(n)
+    if not n:
+        raise ValueError("the evaluation dataset is empty")
+    confused = [(t, p, c) for (t, p), c in confusion.most_common(top_confused)]
+    return Result(n, 100.0 * (1 - top1 / n), 100.0 * (1 - top5 / n), confused)

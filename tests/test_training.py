@@ -1,0 +1,424 @@
+"""Input pipelines, the paper's recipe, resume, transfer learning, multi-crop evaluation, tf.distribute."""
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_inception as ki
+from keras_inception import cli, data, evaluation, training
+
+HERE = os.path.dirname(__file__)
+CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two classes of real files: JPEG, PNG with alpha, grayscale, CMYK, plus broken ones."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        d = root / label
+        d.mkdir()
+        for i in range(6):
+            pixels = np.clip(rng.normal(colour, 20, (60 + i, 80, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(d / f"{i}.jpg", "JPEG")
+        rgba = np.concatenate(
+            [np.full((50, 50, 3), colour, np.uint8), np.full((50, 50, 1), 128, np.uint8)], -1
+        )
+        Image.fromarray(rgba, "RGBA").save(d / "alpha.png", "PNG")
+        Image.fromarray(np.full((40, 40), 90, np.uint8), "L").save(d / "gray.png", "PNG")
+        Image.fromarray(np.full((40, 40, 3), colour, np.uint8)).convert("CMYK").save(d / "cmyk.jpg", "JPEG")
+    (root / "red" / "notes.txt").write_text("not an image")
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(good, "JPEG")
+    (root / "blue" / "truncated.jpg").write_bytes(good.getvalue()[:200])
+    return root
+
+
+def test_image_folder_decodes_all_kinds_and_counts_the_broken(folder):
+    source = data.image_folder(str(folder))
+    assert source.class_names == ["blue", "red"]
+    assert source.size == 2 * 9
+    assert sorted(os.path.basename(f) for f in source.skipped) == ["notes.txt", "truncated.jpg"]
+    for image, label in source.dataset:
+        assert image.dtype == tf.uint8 and image.shape[-1] == 3
+        assert int(label) in (0, 1)
+    with pytest.raises(ValueError, match="2 unreadable files"):
+        data.image_folder(str(folder), on_error="raise")
+
+
+def test_cmyk_and_alpha_become_rgb_with_their_colour(folder):
+    cmyk = ki.preprocessing.load_image(str(folder / "red" / "cmyk.jpg")).numpy()
+    assert cmyk.shape == (40, 40, 3) and cmyk[..., 0].mean() > 150 > cmyk[..., 2].mean()
+    alpha = ki.preprocessing.load_image(str(folder / "blue" / "alpha.png")).numpy()
+    np.testing.assert_array_equal(alpha[0, 0], (30, 30, 200))
+
+
+def test_training_pipeline_with_keras_augmentation_layers(folder):
+    train, _ = data.split_folder(str(folder), 0.25, seed=0)
+    augment = [keras.layers.RandAugment(value_range=(-1, 1)), keras.layers.MixUp(), keras.layers.CutMix()]
+    ds = data.pipeline(train, 4, training=True, image_size=75, augment=augment, seed=0)
+    x, y = next(iter(ds))
+    assert x.shape == (4, 75, 75, 3) and y.shape == (4, 2)
+    assert float(tf.reduce_min(x)) >= -1.0 and float(tf.reduce_max(x)) <= 1.0
+    np.testing.assert_allclose(tf.reduce_sum(y, axis=1), 1.0, rtol=1e-5)  # mixed labels stay distributions
+    x2, (y_main, y_aux) = next(iter(data.pipeline(train, 4, training=False, image_size=75, aux_logits=True)))
+    np.testing.assert_array_equal(y_main, y_aux)
+
+
+def test_train_transform_follows_slim(folder):
+    image = ki.preprocessing.load_image(str(folder / "red" / "0.jpg"))
+    outs = np.stack([data.train_transform(image, 75).numpy() for _ in range(8)])
+    assert outs.shape == (8, 75, 75, 3) and outs.min() >= -1.0 and outs.max() <= 1.0
+    assert np.std(outs, axis=0).mean() > 0.01  # random crops, flips and colours differ
+    box = tf.constant([[0.25, 0.25, 0.75, 0.75]])
+    assert data.train_transform(image, 75, box).shape == (75, 75, 3)
+
+
+def _example(image: np.ndarray, label: int) -> bytes:
+    encoded = tf.io.encode_jpeg(image).numpy()
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "image/object/bbox/xmin": tf.train.Feature(float_list=tf.train.FloatList(value=[0.1])),
+        "image/object/bbox/ymin": tf.train.Feature(float_list=tf.train.FloatList(value=[0.2])),
+        "image/object/bbox/xmax": tf.train.Feature(float_list=tf.train.FloatList(value=[0.9])),
+        "image/object/bbox/ymax": tf.train.Feature(float_list=tf.train.FloatList(value=[0.8])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_tfrecords_in_slim_layout(tmp_path):
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard:05d}-of-00002")) as writer:
+            for i in range(3):
+                writer.write(_example(np.full((40, 50, 3), 20 * i, np.uint8), label=1 + i))
+    source = data.tfrecords(str(tmp_path / "train-*"), num_classes=3, label_offset=-1)
+    items = list(source.dataset)
+    assert len(items) == 6
+    assert sorted(int(y) for _, y, _ in items) == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_allclose(items[0][2].numpy(), [[0.2, 0.1, 0.8, 0.9]])
+    x, y = next(iter(data.pipeline(source, 6, training=True, image_size=75)))
+    assert x.shape == (6, 75, 75, 3) and y.shape == (6, 3)
+
+
+def test_tfds_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=8):
+        source = data.open_source("tfds:cifar10", "train")
+        assert len(source.class_names) == 10
+        batches = list(data.pipeline(source, 4, training=True, image_size=75))
+    assert len(batches) == 2
+    x, y = batches[0]
+    assert x.shape == (4, 75, 75, 3) and y.shape == (4, 10)
+
+
+def test_recipe_optimizer_and_schedule():
+    recipe = training.Recipe(warmup_epochs=1.0)
+    opt = training.make_optimizer(recipe, steps_per_epoch=100)
+    assert isinstance(opt, keras.optimizers.RMSprop)
+    assert (opt.rho, opt.momentum, opt.epsilon, opt.weight_decay) == (0.9, 0.9, 1.0, 4e-5)
+    assert opt.use_ema
+    schedule = opt._learning_rate
+    assert float(schedule(49)) == pytest.approx(0.045 * 50 / 100)  # warm-up
+    assert float(schedule(150)) == pytest.approx(0.045)
+    assert float(schedule(200)) == pytest.approx(0.045 * 0.94)  # x0.94 every 2 epochs
+    assert float(schedule(450)) == pytest.approx(0.045 * 0.94**2)
+    restored = training.WarmupExponentialDecay.from_config(schedule.get_config())
+    assert float(restored(450)) == pytest.approx(float(schedule(450)))
+
+
+def _tiny_model(classes=3, **kwargs):
+    return ki.InceptionResNetV1(
+        input_shape=(75, 75, 3), width=0.25, depths=(1, 1, 1), classes=classes, **kwargs
+    )
+
+
+def _random_data(n=16, classes=3, aux=False):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (n, 75, 75, 3)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, n)]
+    ds = tf.data.Dataset.from_tensor_slices((x, (y, y) if aux else y)).batch(8).repeat()
+    return ds
+
+
+class _Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    out = str(tmp_path / "run")
+    recipe = training.Recipe(learning_rate=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(
+            _tiny_model, _random_data(), None, out, 4, 2, recipe, extra_callbacks=[_Kill()], verbose=0
+        )
+    with open(os.path.join(out, "history.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    model = training.train(_tiny_model, _random_data(), None, out, 4, 2, recipe, verbose=0)
+    with open(os.path.join(out, "history.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
+    assert int(model.optimizer.iterations) == 4 * 2  # the optimizer state came back too
+    assert os.path.exists(os.path.join(out, "final.keras")) and os.path.exists(
+        os.path.join(out, "best.keras")
+    )
+    assert not os.path.exists(os.path.join(out, "backup"))  # removed after a finished run
+    reloaded = keras.saving.load_model(os.path.join(out, "final.keras"))
+    x = next(iter(_random_data()))[0]
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_aux_head_training_uses_the_weighted_loss(tmp_path):
+    def build():
+        return ki.InceptionV4(
+            input_shape=(139, 139, 3), width=0.25, depths=(1, 1, 1), classes=3, aux_logits=True
+        )
+
+    resized = _random_data(aux=True, n=8).map(lambda x, y: (tf.image.resize(x, (139, 139)), y))
+    model = training.train(build, resized, None, str(tmp_path / "aux"), 1, 2, training.Recipe(), verbose=0)
+    assert model.output_names == ["Predictions", "AuxPredictions"]
+    x, (y, _) = next(iter(resized))
+    main, aux = model(x, training=False)
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    expected = float(ce(y, main)) + 0.4 * float(ce(y, aux))
+    logs = model.evaluate(x, (y, y), verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_transfer_model_keeps_batchnorm_in_inference_mode():
+    model, base = training.transfer_model("inception_resnet_v1", 4, weights=None, image_size=75)
+    assert not base.trainable
+    count = training.unfreeze(base, "Mixed_7a")
+    assert count > 0
+    trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
+    assert trainable and all(n.startswith(("Mixed_7a", "Repeat_2")) for n in trainable)
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in base.layers
+    )
+    bn = base.get_layer("Conv2d_1a_3x3.BatchNorm")
+    before = bn.moving_mean.numpy().copy()
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(np.random.rand(4, 75, 75, 3).astype("float32"), np.eye(4), epochs=1, verbose=0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)  # statistics untouched
+    with pytest.raises(ValueError, match="no block 'Mixed_9a'"):
+        training.unfreeze(base, "Mixed_9a")
+
+
+def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
+    out = str(tmp_path / "ft")
+    args = [
+        "finetune",
+        "--data",
+        str(folder),
+        "--model",
+        "inception_v3",
+        "--weights",
+        "none",
+        "--output",
+        out,
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "75",
+        "--validation-split",
+        "0.25",
+    ]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "images: 14 train, 4 validation" in printed
+    assert "skipped 2 unreadable files" in printed
+    for name in ("best.keras", "history.csv", "history.json", "curves.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    with open(os.path.join(out, "history.json")) as f:
+        summary = json.load(f)
+    assert summary["classes"] == ["blue", "red"]
+    assert len(summary["history"]["val_top1"]) == 2  # one frozen epoch, one fine-tuning epoch
+
+
+def _cifar_folder(root, classes: list[str], per_class: int):
+    import tarfile
+
+    with tarfile.open(CIFAR) as tar:
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile()
+            and m.name.split("/")[-2] in classes
+            and int(m.name.rsplit("/", 1)[1].split(".")[0]) < per_class
+        ]
+        tar.extractall(root, members=members, filter="data")
+    return root / "train"
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR), reason="../shared/datasets/cifar10 not present")
+def test_short_finetune_on_cifar10_beats_chance(tmp_path):
+    """No ImageNet weights can be had here, so the base is pretrained on five CIFAR-10
+    classes first; fine-tuning then transfers it to the five others."""
+    small = {"width": 0.5, "depths": (1, 2, 1)}
+    keras.utils.set_random_seed(0)
+    source = data.image_folder(
+        str(_cifar_folder(tmp_path / "a", ["airplane", "automobile", "bird", "cat", "deer"], 400))
+    )
+    base = ki.InceptionResNetV1(include_top=False, pooling="avg", input_shape=(75, 75, 3), **small)
+    head = keras.layers.Dense(5, activation="softmax")(base.output)
+    pretrain = keras.Model(base.input, head)
+    pretrain.compile(keras.optimizers.Adam(2e-3), "categorical_crossentropy")
+    pretrain.fit(data.pipeline(source, 32, True, 75, seed=0), epochs=3, verbose=0)
+    base.save_weights(str(tmp_path / "base.weights.h5"))
+
+    target = _cifar_folder(tmp_path / "b", ["dog", "frog", "horse", "ship", "truck"], 120)
+    summary = training.finetune(
+        str(target),
+        "inception_resnet_v1",
+        weights=str(tmp_path / "base.weights.h5"),
+        output_dir=str(tmp_path / "out"),
+        epochs=4,
+        learning_rate=3e-3,
+        batch_size=32,
+        image_size=75,
+        validation_split=0.2,
+        verbose=0,
+        model_kwargs=small,
+    )
+    best = max(summary["history"]["val_top1"])
+    print(f"fine-tune on 480 CIFAR-10 images of 5 new classes: validation top-1 {best:.3f} (chance 0.2)")
+    assert best > 0.30  # 1.5x chance; measured 0.39
+
+
+def test_crop_schemes():
+    landscape = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
+    for scheme, count in ((1, 1), (12, 12), (144, 144)):
+        views = evaluation.crops(landscape, scheme, size=75)
+        assert views.shape == (count, 75, 75, 3)
+        assert float(tf.reduce_min(views)) >= -1.0 and float(tf.reduce_max(views)) <= 1.0
+    views = evaluation.crops(landscape, 12, size=75).numpy()
+    np.testing.assert_allclose(views[6:], views[:6, :, ::-1], atol=1e-6)  # the mirrors
+    portrait = np.transpose(landscape, (1, 0, 2))
+    assert evaluation.crops(portrait, 144, size=75).shape == (144, 75, 75, 3)
+    with pytest.raises(ValueError, match="crop scheme"):
+        evaluation.crops(landscape, 10)
+
+
+def _fixed_model(classes: int, answer: int, size: int = 75) -> keras.Model:
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    x = keras.layers.Dense(classes, kernel_initializer="zeros", bias_initializer="zeros")(x)
+    model = keras.Model(inputs, keras.layers.Activation("softmax")(x))
+    model.layers[-2].bias.assign(np.eye(classes, dtype="float32")[answer] * 5.0)
+    return model
+
+
+def test_evaluate_errors_ensembles_and_confusion():
+    images = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 80, 80, 3), np.uint8), np.array([0, 0, 1, 2], np.int64))
+    )
+    names = ["a", "b", "c"]
+    result = evaluation.evaluate([_fixed_model(3, 0)], images, names, scheme=1, size=75)
+    assert (result.images, result.top1_error) == (4, 50.0)
+    assert result.top5_error == 0.0
+    assert result.confused[0] in (("b", "a", 1), ("c", "a", 1))
+    ensemble = evaluation.evaluate(
+        [_fixed_model(3, 1), _fixed_model(3, 1), _fixed_model(3, 2)], images, names, 12, 75
+    )
+    assert ensemble.top1_error == 75.0  # averaged softmax picks class 1 for every image
+    slim_style = evaluation.evaluate(
+        [_fixed_model(4, 3)], images, names, 1, 75
+    )  # 1001-style: column 0 dropped
+    assert slim_style.top1_error == 75.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_job(tmp_path, bn: str) -> tuple[dict, dict, dict]:
+    job = os.path.join(HERE, "multiworker_job.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, job, str(tmp_path / f"{bn}_w{index}.npz"), bn],
+                env={**env, "TF_CONFIG": tf_config},
+            )
+        )
+    for w in workers:
+        assert w.wait(timeout=300) == 0
+    subprocess.run(
+        [sys.executable, job, str(tmp_path / f"{bn}_single.npz"), bn, "--single"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    return tuple(dict(np.load(tmp_path / f"{bn}_{n}.npz")) for n in ("w0", "w1", "single"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a if k.startswith("arr_"))
+
+
+def test_two_workers_agree_and_equal_one_process(tmp_path):
+    w0, w1, single = _run_job(tmp_path, "inference")
+    assert _max_diff(w0, w1) == 0.0
+    assert _max_diff(w0, single) <= 1e-5
+    np.testing.assert_allclose(w0["losses"], single["losses"], rtol=1e-5)
+    assert w0["losses"][-1] != w0["losses"][0]  # it trained
+
+
+def test_two_workers_with_synchronized_batchnorm_stay_identical(tmp_path):
+    w0, w1, single = _run_job(tmp_path, "sync")
+    assert _max_diff(w0, w1) == 0.0
+    assert w0["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)  # global batch statistics
+
+
+def test_cli_train_smoke(folder, tmp_path, capsys):
+    out = str(tmp_path / "train")
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--model",
+                "inception_resnet_v1",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--image-size",
+                "75",
+                "--width",
+                "0.25",
+                "--depths",
+                "1",
+                "1",
+                "1",
+                "--output",
+                out,
+            ]
+        )
+        == 0
+    )
+    assert os.path.exists(os.path.join(out, "final.keras"))
+    assert "wrote" in capsys.readouterr().out
