@@ -16,6 +16,7 @@ from keras_inception.models import (
     InceptionV4,
     end_points,
     feature_extractor,
+    multiply_adds,
 )
 
 __version__ = "0.1.0"
@@ -30,5 +31,6 @@ __all__ = [
     "decode_predictions",
     "end_points",
     "feature_extractor",
+    "multiply_adds",
     "preprocess_input",
 ]

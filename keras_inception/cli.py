@@ -414,11 +414,20 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, help="evaluate the first N images")
     _data_options(v)
     v.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser(
+        "benchmark", help="speed, memory and scaling against keras.applications (--help for options)"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_tf()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["benchmark"]:  # its own options: keras_inception/benchmark.py
+        from keras_inception import benchmark
+
+        return benchmark.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -91,7 +91,8 @@ def _from_files(files: list[tuple[str, int]], names: list[str], skipped: list[st
 def split_folder(
     directory: str, validation_split: float, seed: int = 0, on_error: str = "skip"
 ) -> tuple[Source, Source]:
-    """Train and validation sources from one image folder: a seeded split per file."""
+    """Train and validation sources from one image folder: a seeded split per file, in
+    shuffled order (so class-sorted folders need no large shuffle buffer)."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
     full = image_folder(directory, on_error)
@@ -99,7 +100,7 @@ def split_folder(
     cut = max(1, round(full.size * validation_split))
     if cut >= full.size:
         raise ValueError(f"{full.size} images are too few to hold out {validation_split:.0%} for validation")
-    pick = [full.files[i] for i in sorted(order[cut:])], [full.files[i] for i in sorted(order[:cut])]
+    pick = [full.files[i] for i in order[cut:]], [full.files[i] for i in order[:cut]]
     return _from_files(pick[0], full.class_names, full.skipped), _from_files(pick[1], full.class_names, [])
 
 
@@ -239,6 +240,14 @@ def train_transform(image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = 
     return (x - 0.5) * 2.0
 
 
+def flip_transform(image: tf.Tensor, size: int = 299) -> tf.Tensor:
+    """A light training transform for small-image experiments: resize, random flip, [-1, 1]."""
+    x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [size, size], method="bilinear")
+    return (tf.image.random_flip_left_right(x) - 0.5) * 2.0
+
+
+TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}
+
 # ---------------------------------------------------------------- pipeline
 
 
@@ -254,14 +263,18 @@ def pipeline(
     drop_remainder: bool | None = None,
     seed: int | None = None,
     repeat: bool = False,
+    augmentation: str = "inception",
 ) -> tf.data.Dataset:
     """Batches of ``(images in [-1, 1], one-hot labels)`` ready for ``model.fit``.
 
     ``augment`` layers (``keras.layers.RandAugment(value_range=(-1, 1))``, ``MixUp``,
     ``CutMix``, or any Keras / KerasCV layer) run on training batches; layers that take
     ``{"images", "labels"}`` dicts (MixUp, CutMix) get both. With ``aux_logits`` the
-    labels are repeated for the aux head.
+    labels are repeated for the aux head. ``augmentation`` is ``"inception"`` (slim's
+    training transform) or ``"flip"`` (resize and flip, for tiny images).
     """
+    if augmentation not in TRAIN_TRANSFORMS:
+        raise ValueError(f"augmentation must be one of {sorted(TRAIN_TRANSFORMS)}, got {augmentation!r}")
     dataset = source.dataset
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
@@ -271,8 +284,10 @@ def pipeline(
         dataset = dataset.repeat()
 
     def transform(image, label, bbox=None):
-        if training:
+        if training and augmentation == "inception":
             x = train_transform(image, image_size, bbox)
+        elif training:
+            x = flip_transform(image, image_size)
         else:
             x = preprocessing.eval_transform(image, image_size)
         x.set_shape([image_size, image_size, 3])

@@ -216,6 +216,59 @@ def train(
     return model
 
 
+class ResidualDeathMonitor(keras.callbacks.Callback):
+    """Detects the paper's "dying" residual networks (section 3.3).
+
+    Every ``every`` batches, the features entering the final average pool are
+    computed for ``probe`` images; when at least ``zero_fraction`` of them are exactly
+    zero, or the loss is not finite or above ``max_loss``, the network has died.
+    ``events`` records ``(step, reason, zero fraction, loss)``; ``stop`` ends training.
+    """
+
+    def __init__(self, probe, every: int = 25, zero_fraction: float = 0.99, max_loss: float = 1e3, stop=True):
+        super().__init__()
+        self.probe, self.every, self.threshold, self.max_loss, self.stop = (
+            probe,
+            every,
+            zero_fraction,
+            max_loss,
+            stop,
+        )
+        self.events: list[tuple[int, str, float, float]] = []
+        self.trace: list[tuple[int, float]] = []
+        self._features = None
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        pool = self.model.get_layer("global_pool")
+        self._features = keras.Model(self.model.inputs, pool.input)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        loss = float((logs or {}).get("loss", 0.0))
+        dead_loss = not np.isfinite(loss) or loss > self.max_loss
+        if self._step % self.every and not dead_loss:
+            return
+        features = np.asarray(self._features(self.probe, training=False))
+        zeros = float(np.mean(features == 0.0))
+        self.trace.append((self._step, zeros))
+        reason = (
+            "loss diverged"
+            if dead_loss
+            else "pre-pool features all zero"
+            if zeros >= self.threshold
+            else None
+        )
+        if reason:
+            self.events.append((self._step, reason, zeros, loss))
+            if self.stop:
+                self.model.stop_training = True
+
+    @property
+    def died_at(self) -> int | None:
+        return self.events[0][0] if self.events else None
+
+
 # ---------------------------------------------------------------- transfer learning
 
 

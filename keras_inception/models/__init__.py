@@ -1,6 +1,6 @@
 """The network families and their registry (name -> builder, spec)."""
 
-from keras_inception.models.base import Spec, end_points, feature_extractor
+from keras_inception.models.base import Spec, end_points, feature_extractor, multiply_adds
 from keras_inception.models.inception_resnet import SPEC_V1 as _IRV1
 from keras_inception.models.inception_resnet import SPEC_V2 as _IRV2
 from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
@@ -34,7 +34,9 @@ __all__ = [
     "Spec",
     "end_points",
     "feature_extractor",
+    "multiply_adds",
     "get",
+    "create",
 ]
 
 

@@ -222,6 +222,19 @@ def _aux_head(spec: Spec, conv: ConvBN, x, classes: int, activation):
     return _output(_classifier(x, classes, spec.aux_logits, spec.conv_logits), activation, "Aux")
 
 
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-accumulates of one image through the convolutions and dense layers."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            total += h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, layers.Dense):
+            total += int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+    return int(total)
+
+
 def end_points(model: keras.Model) -> dict[str, keras.KerasTensor]:
     """The model's slim end points, in network order: ``{"Mixed_5b": tensor, ...}``.
 

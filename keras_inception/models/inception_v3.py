@@ -11,6 +11,7 @@ import keras
 from keras_inception import blocks
 from keras_inception.layers import SLIM_BN_MOMENTUM, ConvBN, avg_pool, concat, max_pool
 from keras_inception.models.base import Spec, build
+from keras_inception.models.inception_v4 import block_letters
 
 SPEC = Spec(
     name="inception_v3",
@@ -72,28 +73,37 @@ def InceptionV3(
     dropout_rate: float = 0.2,
     bn_momentum: float = SLIM_BN_MOMENTUM,
     width: float = 1.0,
+    depths: tuple[int, int, int] = (3, 4, 2),
 ) -> keras.Model:
-    """Inception-v3 as slim builds it (aux head on ``Mixed_6e``).
+    """Inception-v3 as slim builds it (aux head on the last 17x17 block, ``Mixed_6e``).
 
     Same arguments as :func:`~keras_inception.InceptionV4`; ``width`` is slim's
-    ``depth_multiplier``.
+    ``depth_multiplier``, ``depths`` the 35x35, 17x17 and 8x8 block counts (slim 3, 4, 2;
+    other counts repeat the middle blocks' filters).
     """
+    a, b, c = depths
+
+    def c7(i: int) -> int:  # 17x17 bottleneck widths: 128, 160, ..., 160, 192
+        return 128 if i == 0 else 192 if i == b - 1 else 160
 
     def body(conv: ConvBN, x):
         x = blocks.stem_v3(conv, x)
         x = max_pool(x, "MaxPool_5a_3x3")
-        x = mixed_35(conv, x, "Mixed_5b", pool_filters=32)
-        x = mixed_35(conv, x, "Mixed_5c", pool_filters=64, b1_names=("Conv2d_0b_1x1", "Conv_1_0c_5x5"))
-        x = mixed_35(conv, x, "Mixed_5d", pool_filters=64)
+        for i, letter in enumerate(block_letters(a)):
+            quirk = {"b1_names": ("Conv2d_0b_1x1", "Conv_1_0c_5x5")} if letter == "c" else {}
+            x = mixed_35(conv, x, f"Mixed_5{letter}", pool_filters=32 if i == 0 else 64, **quirk)
         x = blocks.reduction_a(conv, x, "Mixed_6a", k=64, l=96, m=96, n=384, last="Conv2d_1a_1x1")
-        for letter, c7 in zip("bcde", (128, 160, 160, 192), strict=True):
+        for i, letter in enumerate(block_letters(b)):
+            f = c7(i)
             x = blocks.inception_b(
-                conv, x, f"Mixed_6{letter}", b0=192, b1=(c7, c7, 192), b2=(c7, c7, c7, c7, 192), b3=192
+                conv, x, f"Mixed_6{letter}", b0=192, b1=(f, f, 192), b2=(f, f, f, f, 192), b3=192
             )
         aux = x
         x = blocks.reduction_b(conv, x, "Mixed_7a", b0=(192, 320), b1=(192, 192, 192, 192))
-        x = mixed_8(conv, x, "Mixed_7b", b1_second="Conv2d_0b_3x1")
-        x = mixed_8(conv, x, "Mixed_7c", b1_second="Conv2d_0c_3x1")
+        for letter in block_letters(c):
+            x = mixed_8(
+                conv, x, f"Mixed_7{letter}", b1_second="Conv2d_0b_3x1" if letter == "b" else "Conv2d_0c_3x1"
+            )
         return x, aux
 
     return build(
