@@ -294,7 +294,9 @@ def cmd_evaluate(args) -> int:
     print("| --- | --- | --- | --- |")
     results = []
     for scheme in args.crops:
-        result = evaluation.evaluate(models, source.dataset, source.class_names, scheme, size, args.limit)
+        result = evaluation.evaluate(
+            models, source.dataset, source.class_names, scheme, size, args.limit, total=source.size
+        )
         results.append(result)
         print(f"| {scheme} | {result.images} | {result.top1_error:.2f} | {result.top5_error:.2f} |")
     print("most confused (true -> predicted, count):")

@@ -107,15 +107,17 @@ def evaluate(
     size: int = 299,
     limit: int | None = None,
     top_confused: int = 10,
+    total: int | None = None,
 ) -> Result:
     """Evaluate a model or an ensemble on ``(uint8 image, label)`` pairs.
 
     Models with 1001 outputs (slim's background first) are read as 1000 classes.
+    ``total`` (the dataset size, when known) sizes the progress bar.
     """
     classes = len(class_names)
     top1 = top5 = n = 0
     confusion: collections.Counter = collections.Counter()
-    progress = keras.utils.Progbar(limit)
+    progress = keras.utils.Progbar(min(filter(None, (limit, total)), default=None), unit_name="image")
     for image, label in dataset.take(limit or -1):
         p = predict_averaged(models, image, scheme, size)
         if p.shape[-1] == classes + 1:
@@ -130,5 +132,6 @@ def evaluate(
         progress.update(n)
     if not n:
         raise ValueError("the evaluation dataset is empty")
+    progress.update(n, finalize=True)
     confused = [(t, p, c) for (t, p), c in confusion.most_common(top_confused)]
     return Result(n, 100.0 * (1 - top1 / n), 100.0 * (1 - top5 / n), confused)

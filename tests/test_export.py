@@ -138,3 +138,14 @@ def test_cli_export_tflite_from_a_keras_file(model, tmp_path, capsys):
     assert cli.main(["export", source, "--format", "tflite", "--quantize", "int8", "--output", out]) == 2
     assert "calibration" in capsys.readouterr().err
     json.dumps(export.compare(np.ones((1, 3)), np.ones((1, 3))))  # figures are plain floats
+
+
+def test_cli_export_saved_model_checks_itself(model, tmp_path, capsys):
+    source = str(tmp_path / "m.keras")
+    model.save(source)
+    out = str(tmp_path / "serving")
+    assert cli.main(["export", source, "--format", "savedmodel", "--output", out]) == 0
+    printed = capsys.readouterr().out
+    assert f"-> {os.path.join(out, '1')}" in printed
+    agreement = float(printed.split("max_abs_diff ")[1].split()[0].rstrip(","))
+    assert agreement <= 1e-4

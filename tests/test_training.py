@@ -422,3 +422,13 @@ def test_cli_train_smoke(folder, tmp_path, capsys):
     )
     assert os.path.exists(os.path.join(out, "final.keras"))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_evaluate_single_crops_and_ensembles(folder, tmp_path, capsys):
+    path = str(tmp_path / "m.keras")
+    _tiny_model(classes=2).save(path)
+    assert cli.main(["evaluate", "--data", str(folder), "--models", path, path, "--crops", "1", "12"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 1 |") or line.startswith("| 12 |")]
+    assert len(rows) == 2 and all("| 18 |" in row for row in rows)  # 18 readable images, 2 skipped
+    assert "most confused" in printed
