@@ -208,6 +208,17 @@ def block35(
     return _residual(x, [y0, y1, y2], scope, scale, activation)
 
 
+def _factorized(
+    conv: ConvBN, x, scope: str, scale: float, b0: int, b1: tuple[int, int, int], k: int, activation
+):
+    """1x1 | 1x1 -> 1xk -> kx1, then the scaled residual: Inception-ResNet-B (k=7) and -C (k=3)."""
+    y0 = conv(x, b0, 1, f"{scope}/Branch_0/Conv2d_1x1")
+    y1 = conv(x, b1[0], 1, f"{scope}/Branch_1/Conv2d_0a_1x1")
+    y1 = conv(y1, b1[1], (1, k), f"{scope}/Branch_1/Conv2d_0b_1x{k}")
+    y1 = conv(y1, b1[2], (k, 1), f"{scope}/Branch_1/Conv2d_0c_{k}x1")
+    return _residual(x, [y0, y1], scope, scale, activation)
+
+
 def block17(
     conv: ConvBN,
     x,
@@ -218,11 +229,7 @@ def block17(
     activation: str | None = "relu",
 ):
     """Inception-ResNet-B, 17x17 (IRv2 Fig. 17; IRv1 Fig. 11: ``b0=128, b1=(128, 128, 128)``)."""
-    y0 = conv(x, b0, 1, f"{scope}/Branch_0/Conv2d_1x1")
-    y1 = conv(x, b1[0], 1, f"{scope}/Branch_1/Conv2d_0a_1x1")
-    y1 = conv(y1, b1[1], (1, 7), f"{scope}/Branch_1/Conv2d_0b_1x7")
-    y1 = conv(y1, b1[2], (7, 1), f"{scope}/Branch_1/Conv2d_0c_7x1")
-    return _residual(x, [y0, y1], scope, scale, activation)
+    return _factorized(conv, x, scope, scale, b0, b1, 7, activation)
 
 
 def block8(
@@ -235,8 +242,4 @@ def block8(
     activation: str | None = "relu",
 ):
     """Inception-ResNet-C, 8x8 (IRv2 Fig. 19; IRv1 Fig. 13: ``b1=(192, 192, 192)``)."""
-    y0 = conv(x, b0, 1, f"{scope}/Branch_0/Conv2d_1x1")
-    y1 = conv(x, b1[0], 1, f"{scope}/Branch_1/Conv2d_0a_1x1")
-    y1 = conv(y1, b1[1], (1, 3), f"{scope}/Branch_1/Conv2d_0b_1x3")
-    y1 = conv(y1, b1[2], (3, 1), f"{scope}/Branch_1/Conv2d_0c_3x1")
-    return _residual(x, [y0, y1], scope, scale, activation)
+    return _factorized(conv, x, scope, scale, b0, b1, 3, activation)
