@@ -413,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         peak["bfloat16"] = matmul_peak(args.matmul_size, "bfloat16", args.repeats)
     print(json.dumps(peak), flush=True)
     inference, training, scaling = [], [], []
-    for name in args.models:
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    for name in args.models:  # the report is rewritten after each model: a stopped run keeps its rows
         inference += inference_rows(args, name)
         training += training_rows(args, name)
         keras.backend.clear_session()
+        write_report(args, peak, inference, training, scaling)
     for name in args.scaling_models:
         scaling += scaling_rows(args, name)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     write_report(args, peak, inference, training, scaling)
     return 0
 
