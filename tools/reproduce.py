@@ -193,6 +193,46 @@ def _mean(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
+def _speedup_verdicts(speed: list[dict]) -> list[str]:
+    """Per pair and learning rate: which network is ahead, at the middle and at the end."""
+    out = []
+    for lr in sorted({r["learning_rate"] for r in speed}, reverse=True):
+        for pair, ((plain, _), (residual, _)) in PAIRS.items():
+            a = [r for r in speed if r["model"] == plain and r["learning_rate"] == lr]
+            b = [r for r in speed if r["model"] == residual and r["learning_rate"] == lr]
+            if not a or not b:
+                continue
+            n = min(len(r["top1_error"]) for r in a + b)
+            mid, end = max(0, n // 2 - 1), n - 1
+            ea = [np.mean([r["top1_error"][i] for r in a]) for i in (mid, end)]
+            eb = [np.mean([r["top1_error"][i] for r in b]) for i in (mid, end)]
+            steps = a[0]["steps"]
+            ahead = (
+                "agrees"
+                if eb[0] < ea[0] and eb[1] <= ea[1]
+                else "does not agree"
+                if eb[0] > ea[0]
+                else "is mixed"
+            )
+            out.append(
+                f"{pair}, learning rate {lr}: top-1 error {plain} {ea[0]:.1f}% vs {residual} {eb[0]:.1f}% "
+                f"at step {steps[mid]}, {ea[1]:.1f}% vs {eb[1]:.1f}% at step {steps[end]} "
+                f"(mean of {len(a)} and {len(b)} seeds): this {ahead} with the paper at this scale."
+            )
+    return out
+
+
+def _scaling_verdict(scaling: list[dict]) -> str:
+    died = {r["scale"]: r["died_at"] for r in scaling}
+    scaled = [sc for sc in died if sc < 1.0]
+    if died.get(1.0) and not any(died[sc] for sc in scaled):
+        return "agrees with the paper: unscaled residuals died, scaled ones trained"
+    if not any(died.values()):
+        steps = max(r["steps"][-1] if r["steps"] else 0 for r in scaling)
+        return f"does not show the paper's effect at this scale: no variant died in {steps} steps"
+    return "is mixed: " + ", ".join(f"scale {k} {'died' if v else 'survived'}" for k, v in died.items())
+
+
 def report(args) -> None:
     out = args.output
     lines = [
@@ -256,6 +296,12 @@ def report(args) -> None:
                         f"![{slug}]({os.path.basename(out)}/{slug}_top1_error_steps.png) "
                         f"![{slug} vs time]({os.path.basename(out)}/{slug}_top1_error_wall_s.png)"
                     )
+        lines += [
+            "",
+            "What the runs say against the paper (residual versions train faster, Figs. 21-26):",
+            "",
+        ]
+        lines += [f"- {sentence}" for sentence in _speedup_verdicts(speed)]
         lines += ["", *[p + "\n" for p in plots]]
     scaling = _load(out, "residual-scaling")
     if scaling:
@@ -280,6 +326,7 @@ def report(args) -> None:
                 f"| {r['scale']} | {r['died_at'] or 'did not die'} | {reason} | "
                 f"{r['steps'][-1] if r['steps'] else 0} | {top1} | {r['loss'][-1]:.3f} | {zeros:.3f} |"
             )
+        lines += ["", f"The run {_scaling_verdict(scaling)}."]
         _plot(
             scaling,
             "steps",
