@@ -239,6 +239,45 @@ def scaling_rows(args, name: str) -> list[dict]:
     return rows
 
 
+def profile_rows(args, name: str, batch: int = 16) -> list[dict]:
+    """Where the time goes: every convolution timed alone on its own input shape, summed
+    by kernel shape, against the whole network; the rest is BatchNorm, ReLU, pooling,
+    concatenation and memory traffic."""
+    model = build(name, 299)
+    total = keras_rate(model, batch, 299, False, args.repeats)["median"]
+    whole_s = batch / total
+    groups: dict[str, list[float]] = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        x = tf.random.uniform((batch, *layer.input.shape[1:]))
+        f = tf.function(lambda t, layer=layer: layer(t))
+        seconds = batch / timed(lambda f=f, x=x: f(x).numpy(), args.repeats, batch)["median"]
+        kh, kw = layer.kernel_size
+        _, h, w, c_out = layer.output.shape
+        macs = batch * h * w * kh * kw * layer.input.shape[-1] * c_out
+        key = f"{kh}x{kw} conv"
+        seconds_sum, macs_sum = groups.get(key, [0.0, 0.0])
+        groups[key] = [seconds_sum + seconds, macs_sum + macs]
+    rows = [
+        {"model": name, "part": k, "seconds": v[0], "share": v[0] / whole_s, "gflops": 2 * v[1] / v[0] / 1e9}
+        for k, v in sorted(groups.items(), key=lambda kv: -kv[1][0])
+    ]
+    conv_s = sum(v[0] for v in groups.values())
+    rows.append(
+        {
+            "model": name,
+            "part": "everything else",
+            "seconds": max(whole_s - conv_s, 0.0),
+            "share": max(whole_s - conv_s, 0.0) / whole_s,
+            "gflops": float("nan"),
+        }
+    )
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -256,7 +295,9 @@ def find(rows: list[dict], model: str, path: str, batch: int) -> dict | None:
     return next((r for r in rows if (r["model"], r["path"], r["batch"]) == (model, path, batch)), None)
 
 
-def write_report(args, peak: dict, inference: list, training: list, scaling: list) -> None:
+def write_report(
+    args, peak: dict, inference: list, training: list, scaling: list, profile: list = ()
+) -> None:
     f = lambda r: f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"  # noqa: E731
     lines = [
         "# Benchmarks",
@@ -349,6 +390,7 @@ def write_report(args, peak: dict, inference: list, training: list, scaling: lis
                 "inference": inference,
                 "training": training,
                 "scaling": scaling,
+                "profile": list(profile),
             },
             out,
             indent=1,
@@ -383,8 +425,13 @@ def plot_scaling(rows: list[dict], path: str) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=sorted(MODELS))
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["inception_resnet_v2", "inception_v4", "inception_v3", "inception_resnet_v1"],
+    )
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 32])
+    p.add_argument("--profile-models", nargs="*", default=["inception_v4", "inception_resnet_v2"])
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     p.add_argument("--xla", type=lambda s: s == "on", nargs="+", default=[False, True], metavar="off|on")
     p.add_argument("--train-batch-sizes", type=int, nargs="*", default=[32])
@@ -408,20 +455,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.xla, args.skip_deploy, args.train_batch_sizes, args.scaling_models = [False], True, [], []
+        args.profile_models = []
     peak = {"float32": matmul_peak(args.matmul_size, "float32", args.repeats)}
     if any("bfloat16" in p for p in args.precisions):
         peak["bfloat16"] = matmul_peak(args.matmul_size, "bfloat16", args.repeats)
     print(json.dumps(peak), flush=True)
-    inference, training, scaling = [], [], []
+    inference, training, scaling, profile = [], [], [], []
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     for name in args.models:  # the report is rewritten after each model: a stopped run keeps its rows
         inference += inference_rows(args, name)
         training += training_rows(args, name)
+        if name in args.profile_models:
+            profile += profile_rows(args, name)
         keras.backend.clear_session()
-        write_report(args, peak, inference, training, scaling)
+        write_report(args, peak, inference, training, scaling, profile)
     for name in args.scaling_models:
         scaling += scaling_rows(args, name)
-    write_report(args, peak, inference, training, scaling)
+    write_report(args, peak, inference, training, scaling, profile)
     return 0
 
 

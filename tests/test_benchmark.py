@@ -31,6 +31,8 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
             "--train-batch-sizes",
             "--sizes",
             "--scaling-models",
+            "--profile-models",
+            "inception_v3",
             "--output",
             str(out),
         ]
@@ -45,6 +47,9 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     rows = {r["path"]: r for r in results["inference"]}
     assert rows["Keras mixed_bfloat16"]["cosine"] > 0.99  # same weights, lower precision
     assert all(r["min"] <= r["median"] <= r["max"] for r in results["inference"])
+    parts = {r["part"]: r for r in results["profile"]}
+    assert {"1x1 conv", "3x3 conv", "1x7 conv", "everything else"} <= set(parts)
+    assert "## Where the time goes" in text
 
 
 def test_training_worker_reports_rate_and_memory():
