@@ -367,6 +367,21 @@ def write_report(
             else f"| {r['model']} | {r['batch']} | failed: {r['error']} | - |"
             for r in training
         ]
+    if profile:
+        lines += [
+            "",
+            "## Where the time goes (float32, batch 16)",
+            "",
+            "Each convolution timed alone on its own input shape, summed by kernel shape; "
+            "'everything else' is the whole network's time minus the convolutions'.",
+            "",
+            "| model | part | seconds per batch | share of the network's time | GFLOP/s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['model']} | {r['part']} | {r['seconds']:.3f} | {r['share']:.0%} | {r['gflops']:.1f} |"
+            for r in profile
+        ]
     if scaling:
         lines += [
             "",
