@@ -138,7 +138,9 @@ def save(args, result: dict, experiment: str, tag: str) -> None:
 
 
 def residual_speedup(args) -> None:
-    for pair in PAIRS.values():
+    for key, pair in PAIRS.items():
+        if key.split()[0] not in args.pairs:
+            continue
         for name, depths in pair:
             for seed in args.seeds:
                 result = run(args, name, seed, args.steps, {"width": args.width, "depths": depths})
@@ -250,12 +252,13 @@ def report(args) -> None:
             "",
             f"CIFAR-10-style data at {r0['image_size']}x{r0['image_size']}, batch {r0['batch_size']}, "
             f"RMSProp (0.9, momentum 0.9, epsilon 1.0), learning rate as listed x0.94 every "
-            "2 epochs, label smoothing 0.1, no weight averaging, random flips; width multiplier "
+            "2 epochs, label smoothing 0.1, no weight averaging, BatchNorm momentum 0.99, random flips; "
+            "width multiplier "
             f"{r0.get('width')}. Error on held-out images after each evaluation interval.",
             "",
-            "| pair | model | depths | multiply-adds (M) | parameters | seeds | final top-1 error % | "
-            "final top-5 error % | best top-1 error % | wall time (s) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| pair | model | learning rate | depths | multiply-adds (M) | parameters | seeds | "
+            "final top-1 error % | final top-5 error % | best top-1 error % | wall time (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         rates = sorted({r["learning_rate"] for r in speed}, reverse=True)
         plots = []
@@ -352,6 +355,13 @@ def main() -> None:
     p.add_argument("--width", type=float, default=0.5, help="residual-speedup channel multiplier")
     p.add_argument("--learning-rate", type=float, default=0.045)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        choices=("v3", "v4"),
+        default=["v3", "v4"],
+        help="v3: v3 vs IRv1, v4: v4 vs IRv2",
+    )
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.2, 0.1])
     p.add_argument("--wide-depths", type=int, nargs=3, default=[1, 2, 2])
     p.add_argument("--probe-every", type=int, default=25)
