@@ -6,7 +6,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REFERENCE = os.path.join(os.path.dirname(__file__), "data")  # slim_checkpoints/*.json
 
 
 def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
