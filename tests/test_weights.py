@@ -223,8 +223,10 @@ def test_cli_convert_to_saved_model_versions(v3_checkpoint, tmp_path):
     assert cli.main(["convert", prefix, base]) == 0
     assert sorted(os.listdir(base)) == ["1", "2"]
     loaded = tf.saved_model.load(os.path.join(base, "1"))
-    x = np.zeros((1, 299, 299, 3), np.float32)
-    assert loaded.serve(x).shape == (1, 1000)
+    pixels = tf.zeros((1, 320, 280, 3), tf.uint8)  # any size: resized inside
+    served = loaded.signatures["serving_default"](images=pixels)
+    assert served["probabilities"].shape == (1, 1000)
+    assert served["top_k_names"].shape == (1, 5)
 
 
 def test_cli_predict_on_shipped_photos(v3_checkpoint, tmp_path, capsys):
