@@ -100,7 +100,7 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Opt
 
 def losses(model: keras.Model, recipe: Recipe):
     """Categorical cross-entropy with label smoothing; the aux head weighted ``aux_weight``."""
-    from_logits = model.outputs[0].name.startswith("Logits") if model.outputs else False
+    from_logits = model.output_names[0] == "Logits"  # built with classifier_activation=None
     loss = keras.losses.CategoricalCrossentropy(
         label_smoothing=recipe.label_smoothing, from_logits=from_logits
     )
@@ -487,7 +487,3 @@ def _checkpoint_manager(strategy, model, optimizer, checkpoint_dir):
         checkpoint.restore(latest)
     return manager
 
-
-def weights_digest(model: keras.Model) -> float:
-    """A cheap fingerprint of all weights, for comparing replicas and runs."""
-    return float(sum(np.sum(np.asarray(w, np.float64)) for w in model.get_weights()))
