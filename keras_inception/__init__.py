@@ -6,7 +6,7 @@ preds = model.predict(ki.preprocess_input(images))
 ki.decode_predictions(preds, top=5)
 """
 
-from keras_inception import preprocessing, weights
+from keras_inception import pretrained, preprocessing, registry
 from keras_inception.imagenet import decode_predictions, preprocess_input
 from keras_inception.layers import ScaleSum
 from keras_inception.models import (
@@ -35,5 +35,6 @@ __all__ = [
     "multiply_adds",
     "preprocess_input",
     "preprocessing",
-    "weights",
+    "pretrained",
+    "registry",
 ]

@@ -13,8 +13,7 @@ import os
 import keras
 import numpy as np
 
-from keras_inception import slim
-from keras_inception.models import MODELS
+from keras_inception import registry, slim
 
 HEAD_SCOPES = ("Logits", "AuxLogits")
 
@@ -62,13 +61,13 @@ def read(path: str) -> dict[str, np.ndarray]:
 def family_of(variables: dict[str, np.ndarray]) -> str:
     """The registered model name whose slim scope the checkpoint's variables are under."""
     scopes = {name.split("/", 1)[0] for name in variables if name not in slim.IGNORED}
-    by_scope = {spec.slim_scope: name for name, (_, spec) in MODELS.items() if spec.slim_scope}
-    known = scopes & set(by_scope)
+    known = [f.name for scope in sorted(scopes) if (f := registry.family_for_scope(scope))]
     if len(known) != 1:
+        slim_scopes = sorted(f.slim_scope for f in registry.FAMILIES.values() if f.slim_scope)
         raise CheckpointError(
-            f"not a checkpoint of one of {sorted(by_scope)}: top-level scopes {sorted(scopes)[:5]}"
+            f"not a checkpoint of one of {slim_scopes}: top-level scopes {sorted(scopes)[:5]}"
         )
-    return by_scope[known.pop()]
+    return known[0]
 
 
 def resolve_ema(variables: dict[str, np.ndarray], use_ema: bool = True) -> tuple[dict, bool]:
@@ -102,14 +101,14 @@ def assign(
     model: keras.Model, variables: dict[str, np.ndarray], family: str, use_ema: bool = True
 ) -> LoadReport:
     """Set every weight of ``model`` from slim ``variables`` (strictly; see module doc)."""
-    _, spec = MODELS[family]
+    scope = registry.family(family).slim_scope
     checkpoint_family = family_of(variables)
     if checkpoint_family != family:
         raise CheckpointError(f"checkpoint holds {checkpoint_family}, the model is {family}")
     variables, ema = resolve_ema(variables, use_ema)
     values = []
     for weight in model.weights:
-        name = slim.slim_name(weight.path, spec.slim_scope)
+        name = slim.slim_name(weight.path, scope)
         if name not in variables:
             raise CheckpointError(f"checkpoint has no variable {name} (Keras weight {weight.path})")
         value = _fit_classes(variables[name], tuple(weight.shape))
@@ -131,6 +130,22 @@ def assign(
     for weight, value, _ in values:  # nothing is assigned until everything checked out
         weight.assign(value.astype(weight.dtype))
     return LoadReport(family, len(values), len(used), skipped, ema)
+
+
+def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[int, ...]]) -> None:
+    """Every variable of ``manifest`` present with its shape, and nothing else."""
+    for name, shape in manifest.items():
+        if name not in variables:
+            raise CheckpointError(f"checkpoint has no variable {name}")
+        if tuple(variables[name].shape) != shape:
+            raise CheckpointError(
+                f"shape mismatch for {name}: checkpoint {tuple(variables[name].shape)}, expected {shape}"
+            )
+    unknown = sorted(set(variables) - set(manifest))
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint variable {unknown[0]} has no place in the model ({len(unknown)} unused)"
+        )
 
 
 def _model_lacks(model: keras.Model, head: str) -> bool:

@@ -1,11 +1,12 @@
-"""Layers shared by every network: slim's conv unit and the residual scale-sum.
+"""The units every network is made of: slim's conv unit, pools, the residual scale-sum.
 
-TF-slim builds every convolution as conv -> BatchNorm (no gamma, epsilon 0.001)
--> ReLU under an ``arg_scope``. :class:`ConvBN` plays that role here: one object
-holds the shared settings and emits three Keras layers named after the slim scope,
-so ``Mixed_5b/Branch_1/Conv2d_0b_3x3/weights`` lives in the Keras layer
-``Mixed_5b.Branch_1.Conv2d_0b_3x3`` (Keras forbids ``/`` in names; see
-:func:`keras_name`).
+TF-slim builds every convolution as conv -> BatchNorm (no gamma, epsilon 0.001) ->
+ReLU under an ``arg_scope`` and records its end points in a dict as it goes.
+:class:`Builder` plays both roles for one network being built: ``b.conv(x, 96, 3,
+"Mixed_5b/Branch_1/Conv2d_0b_3x3")`` adds three Keras layers named after the slim
+scope (``/`` written ``.``, which Keras allows; see :func:`keras_name`), and
+``b.add("Mixed_5b", x)`` records an end point, stopping the build at
+``final_endpoint``.
 """
 
 from __future__ import annotations
@@ -30,24 +31,32 @@ def slim_scope(name: str) -> str:
     return name.replace(".", "/")
 
 
-@dataclasses.dataclass(frozen=True)
-class ConvBN:
-    """slim's ``arg_scope`` for convolutions, as a callable.
+class FinalEndPoint(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by :meth:`Builder.add` at ``final_endpoint``: the build stops there."""
 
-    ``conv(x, filters, kernel, scope)`` adds ``Conv2D`` (no bias) named ``scope``,
-    ``BatchNormalization`` (``center=True, scale=False``) named ``scope.BatchNorm``
-    and a ReLU named ``scope.Relu``.
+    def __init__(self, name: str, tensor):
+        super().__init__(name)
+        self.tensor = tensor
+
+
+@dataclasses.dataclass
+class Builder:
+    """slim's ``arg_scope`` and ``end_points`` for one network being built.
 
     Attributes:
         bn_momentum: BatchNorm moving-average decay (slim: 0.9997).
         width: channel multiplier applied to every ``filters`` (slim's
             ``depth_multiplier``); 1.0 builds the published networks.
         min_depth: the fewest channels a scaled convolution keeps.
+        final_endpoint: stop building at this end point (``None``: build it all).
+        end_points: the end points recorded so far, in network order.
     """
 
     bn_momentum: float = SLIM_BN_MOMENTUM
     width: float = 1.0
     min_depth: int = 8
+    final_endpoint: str | None = None
+    end_points: dict = dataclasses.field(default_factory=dict)
 
     def depth(self, filters: int) -> int:
         """``filters`` scaled by :attr:`width`, as slim's ``depth_multiplier`` does."""
@@ -55,7 +64,7 @@ class ConvBN:
             return filters
         return max(int(filters * self.width), self.min_depth)
 
-    def __call__(
+    def conv(
         self,
         x,
         filters: int,
@@ -65,24 +74,25 @@ class ConvBN:
         padding: str = "same",
         activation: str | None = "relu",
     ):
+        """``Conv2D`` (no bias) ``scope``, ``BatchNormalization`` (no gamma) ``scope.BatchNorm``,
+        ReLU ``scope.Relu``."""
         name = keras_name(scope)
         x = layers.Conv2D(
-            self.depth(filters),
-            kernel_size,
-            strides=strides,
-            padding=padding,
-            use_bias=False,
-            name=name,
+            self.depth(filters), kernel_size, strides=strides, padding=padding, use_bias=False, name=name
         )(x)
         x = layers.BatchNormalization(
-            momentum=self.bn_momentum,
-            epsilon=SLIM_BN_EPSILON,
-            scale=False,
-            name=f"{name}.BatchNorm",
+            momentum=self.bn_momentum, epsilon=SLIM_BN_EPSILON, scale=False, name=f"{name}.BatchNorm"
         )(x)
         if activation is None:
             return x
         return layers.Activation(activation, name=f"{name}.Relu")(x)
+
+    def add(self, name: str, x):
+        """Record ``x`` as end point ``name``; stop the build if it is the final one."""
+        self.end_points[name] = x
+        if name == self.final_endpoint:
+            raise FinalEndPoint(name, x)
+        return x
 
 
 def max_pool(x, scope: str, strides: int = 2, padding: str = "valid"):

@@ -6,20 +6,14 @@ import contextlib
 import functools
 import http.server
 import io
-import json
 import os
 import tarfile
 import threading
 
 import numpy as np
 import tensorflow as tf
-from conftest import REFERENCE
 
-
-@functools.cache
-def manifest(family: str) -> dict[str, tuple[int, ...]]:
-    with open(os.path.join(REFERENCE, "slim_checkpoints", f"{family}.json")) as f:
-        return {name: tuple(shape) for name, shape in json.load(f).items()}
+from keras_inception.registry import slim_manifest as manifest
 
 
 def random_variables(family: str, seed: int = 0) -> dict[str, np.ndarray]:

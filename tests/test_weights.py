@@ -8,10 +8,10 @@ import pytest
 from slim_kit import pack, random_variables, serve, write_checkpoint
 
 import keras_inception as ki
-from keras_inception import checkpoint, cli, slim, weights
+from keras_inception import checkpoint, cli, pretrained, registry, slim
 from keras_inception.models import get
 
-V3_ARCHIVE = weights.PRETRAINED[("inception_v3", "imagenet")].archive
+V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def v3_checkpoint(tmp_path_factory, v3_variables):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    return weights.cache_dir()
+    return pretrained.cache_dir()
 
 
 def cache_entries(directory: str) -> list[str]:
@@ -60,12 +60,11 @@ def assert_equal_to_source(model, variables, scope, classes=1001):
     ],
 )
 def test_every_weight_equals_its_source(tmp_path, family, version):
-    builder, spec = get(family)
     variables = random_variables(family, seed=2)
     prefix = write_checkpoint(variables, str(tmp_path / f"{family}.ckpt"), version)
-    model = builder(weights=prefix, classes=1001, aux_logits=True)
+    model = get(family)(weights=prefix, classes=1001, aux_logits=True)
     assert len(model.weights) == len(variables)
-    assert_equal_to_source(model, variables, spec.slim_scope)
+    assert_equal_to_source(model, variables, registry.family(family).slim_scope)
 
 
 def test_1000_classes_drop_the_background_row(v3_checkpoint, v3_variables):
@@ -126,19 +125,19 @@ def test_head_variables_are_skipped_only_when_the_head_is_absent(v3_variables):
 def test_imagenet_download_then_offline_cache_hit(v3_checkpoint, v3_variables, cache, monkeypatch):
     _, mirror = v3_checkpoint
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(weights.URL_ENV, url)
+        monkeypatch.setenv(pretrained.URL_ENV, url)
         model = ki.InceptionV3(weights="imagenet")
     assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
     assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
-    monkeypatch.setenv(weights.URL_ENV, "http://127.0.0.1:9/unreachable/")  # server gone: cache hit
+    monkeypatch.setenv(pretrained.URL_ENV, "http://127.0.0.1:9/unreachable/")  # server gone: cache hit
     again = ki.InceptionV3(weights="imagenet", classes=1001, aux_logits=True)
     assert_equal_to_source(again, v3_variables, "InceptionV3", classes=1001)
 
 
 def test_file_url_mirror(v3_checkpoint, cache, monkeypatch):
     _, mirror = v3_checkpoint
-    monkeypatch.setenv(weights.URL_ENV, mirror.as_uri())
-    weights.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(pretrained.URL_ENV, mirror.as_uri())
+    pretrained.fetch("inception_v3", "imagenet")
     assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
 
 
@@ -167,12 +166,12 @@ def _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables):
 @pytest.mark.parametrize(
     "kind, error, message",
     [
-        ("truncated", weights.WeightsError, "corrupt or truncated"),
-        ("dotdot", weights.WeightsError, "unsafe path"),
+        ("truncated", pretrained.WeightsError, "corrupt or truncated"),
+        ("dotdot", pretrained.WeightsError, "unsafe path"),
         ("other-family", checkpoint.CheckpointError, "checkpoint holds inception_v4"),
         ("missing-variable", checkpoint.CheckpointError, "Mixed_7c/Branch_3/Conv2d_0b_1x1/BatchNorm/beta"),
-        ("dropped-connection", weights.WeightsError, "download of .* (failed|truncated)"),
-        ("wrong-sha256", weights.WeightsError, "expected the pinned"),
+        ("dropped-connection", pretrained.WeightsError, "download of .* (failed|truncated)"),
+        ("wrong-sha256", pretrained.WeightsError, "expected the pinned"),
     ],
 )
 def test_bad_downloads_fail_clearly_and_cache_nothing(
@@ -180,13 +179,12 @@ def test_bad_downloads_fail_clearly_and_cache_nothing(
 ):
     mirror = _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables)
     if kind == "wrong-sha256":
-        monkeypatch.setitem(
-            weights.PRETRAINED, ("inception_v3", "imagenet"), weights.PRETRAINED[("inception_v3", "imagenet")]
-        )
-        weights.pin("inception_v3", "imagenet", "0" * 64)
+        key = ("inception_v3", "imagenet")
+        monkeypatch.setitem(registry.PRETRAINED, key, registry.PRETRAINED[key])
+        pretrained.pin("inception_v3", "imagenet", "0" * 64)
     cut = 1 << 20 if kind == "dropped-connection" else None
     with serve(str(mirror), cut_after=cut) as url:
-        monkeypatch.setenv(weights.URL_ENV, url)
+        monkeypatch.setenv(pretrained.URL_ENV, url)
         with pytest.raises(error, match=message):
             ki.InceptionV3(weights="imagenet")
     assert cache_entries(cache) == []

@@ -1,78 +1,80 @@
-"""The network families and their registry (name -> builder, spec)."""
+"""The network builders, by registered name, and models from any source."""
 
-from keras_inception.models.base import Spec, end_points, feature_extractor, multiply_adds
-from keras_inception.models.inception_resnet import SPEC_V1 as _IRV1
-from keras_inception.models.inception_resnet import SPEC_V2 as _IRV2
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from keras_inception import checkpoint, pretrained, registry
+from keras_inception.models.base import end_points, feature_extractor, multiply_adds
 from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
-from keras_inception.models.inception_v3 import SPEC as _V3
 from keras_inception.models.inception_v3 import InceptionV3
-from keras_inception.models.inception_v4 import SPEC as _V4
 from keras_inception.models.inception_v4 import InceptionV4
 
 MODELS = {
-    _V3.name: (InceptionV3, _V3),
-    _V4.name: (InceptionV4, _V4),
-    _IRV1.name: (InceptionResNetV1, _IRV1),
-    _IRV2.name: (InceptionResNetV2, _IRV2),
+    "inception_v3": InceptionV3,
+    "inception_v4": InceptionV4,
+    "inception_resnet_v1": InceptionResNetV1,
+    "inception_resnet_v2": InceptionResNetV2,
 }
+assert set(MODELS) == set(registry.FAMILIES)
 
 
 def get(name: str):
-    """``(builder, spec)`` for a registered model name such as ``"inception_v4"``."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    """The builder registered as ``name`` (``"inception_v4"`` -> :func:`InceptionV4`)."""
+    return MODELS[registry.family(name).name]
+
+
+def create(source: str, weights=None, **kwargs) -> keras.Model:
+    """A model from a registered name (with ``weights``), a ``.keras`` file, or a slim
+    checkpoint / archive (family detected from its variables); ``kwargs`` go to the builder."""
+    if source in MODELS:
+        return MODELS[source](weights=weights, **kwargs)
+    resolved = pretrained.resolve_source(source)
+    if weights is not None:
+        raise ValueError(f"weights= is for model names; {source!r} brings its own")
+    if resolved.kind == "keras":
+        return keras.saving.load_model(resolved.value)
+    if resolved.kind == "weights_h5":
+        raise ValueError(f"{source} holds weights only: build the model by name with weights={source!r}")
+    return from_checkpoint(resolved, **kwargs)[0]
+
+
+@dataclasses.dataclass
+class Conversion:
+    """What :func:`from_checkpoint` read and used."""
+
+    report: checkpoint.LoadReport
+    total: int  # slim variables in the checkpoint, after taking moving averages
+
+
+def from_checkpoint(
+    source: pretrained.WeightsSource | str, family: str | None = None, use_ema: bool = True, **kwargs
+) -> tuple[keras.Model, Conversion]:
+    """A model of the checkpoint's family (or ``family``, checked) holding its variables."""
+    if isinstance(source, str):
+        source = pretrained.resolve_source(source, family)
+    if not source.is_slim:
+        raise ValueError(f"{source.value} is not a slim checkpoint, archive or tag")
+    source = dataclasses.replace(source, family=family or source.family)
+    variables, detected = pretrained.read_variables(source)
+    model = get(detected)(weights=None, **kwargs)
+    report = checkpoint.assign(model, variables, detected, use_ema)
+    return model, Conversion(report, len(checkpoint.resolve_ema(variables, use_ema)[0]))
 
 
 __all__ = [
     "MODELS",
+    "Conversion",
     "InceptionResNetV1",
     "InceptionResNetV2",
     "InceptionV3",
     "InceptionV4",
-    "Spec",
+    "create",
     "end_points",
     "feature_extractor",
-    "multiply_adds",
+    "from_checkpoint",
     "get",
-    "create",
+    "multiply_adds",
 ]
-
-
-def create(source: str, weights=None, **kwargs):
-    """A model from a registered name (with ``weights``), a ``.keras`` file, or a slim
-    checkpoint / archive (family detected from its variables)."""
-    import os
-
-    import keras
-
-    from keras_inception import checkpoint
-    from keras_inception import weights as weights_lib
-
-    if source in MODELS:
-        builder, _ = MODELS[source]
-        return builder(weights=weights, **kwargs)
-    if source.endswith(".keras"):
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"model file not found: {source}")
-        return keras.saving.load_model(source)
-    if (
-        source.endswith(weights_lib.ARCHIVE_SUFFIXES)
-        or os.path.exists(source)
-        or os.path.exists(f"{source}.index")
-    ):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            prefix = (
-                weights_lib.extract_checkpoint(source, tmp)
-                if source.endswith(weights_lib.ARCHIVE_SUFFIXES)
-                else source
-            )
-            variables = checkpoint.read(prefix)
-        family = checkpoint.family_of(variables)
-        model = MODELS[family][0](weights=None, **kwargs)
-        checkpoint.assign(model, variables, family)
-        return model
-    raise ValueError(f"{source!r} is neither a model name ({sorted(MODELS)}), a .keras file nor a checkpoint")

@@ -1,53 +1,30 @@
 """The one build path every network goes through: validation, inputs, heads, weights.
 
-A family module supplies its :class:`Spec` and a ``body(conv, x)`` that returns the
-final feature map and the tensor the auxiliary head reads; :func:`build` does the
-rest the keras.applications way.
+A family module supplies a ``body(b, x)`` that builds the network with a
+:class:`~keras_inception.layers.Builder`, records its end points, and returns the
+final feature map and the tensor the auxiliary head reads; :func:`build` checks
+every argument before any layer exists, then does the rest the keras.applications
+way.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+import string
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 from keras import layers
 
-from keras_inception.layers import SLIM_BN_MOMENTUM, ConvBN, keras_name
+from keras_inception import pretrained, registry
+from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, FinalEndPoint, keras_name
 
-MIN_SIZE = 75
 POOLINGS = (None, "avg", "max")
 
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """What differs between families outside their bodies: names of the heads.
-
-    Attributes:
-        name: registry and default model name, e.g. ``"inception_v4"``.
-        slim_scope: the checkpoint's top-level scope (``"InceptionV4"``), or ``None``
-            when slim has no such network.
-        logits: scope of the classifier layer.
-        aux_conv: scope of the aux head's 768-filter convolution.
-        aux_logits: scope of the aux classifier layer.
-        conv_logits: classifiers are 1x1 convolutions (Inception-v3) rather than
-            fully connected layers.
-    """
-
-    name: str
-    slim_scope: str | None
-    logits: str = "Logits/Logits"
-    aux_conv: str = "AuxLogits/Conv2d_2a_5x5"
-    aux_logits: str = "AuxLogits/Logits"
-    conv_logits: bool = False
-    default_size: int = 299
-
-
-Body = Callable[[ConvBN, keras.KerasTensor], tuple[keras.KerasTensor, keras.KerasTensor]]
+Body = Callable[[Builder, keras.KerasTensor], tuple[keras.KerasTensor, keras.KerasTensor]]
 
 
 def build(
-    spec: Spec,
+    family: registry.Family,
     body: Body,
     *,
     include_top: bool,
@@ -62,12 +39,14 @@ def build(
     dropout_rate: float,
     bn_momentum: float = SLIM_BN_MOMENTUM,
     width: float = 1.0,
+    final_endpoint: str | None = None,
 ) -> keras.Model:
-    """Validate the arguments, build ``body`` with its heads, load ``weights``."""
-    from keras_inception import weights as weights_lib  # weights imports the model registry
+    """Validate the arguments, build ``body`` with its heads, load ``weights``.
 
-    validate(
-        spec,
+    The model's :attr:`end_points` holds slim's end points as they were recorded.
+    """
+    source = validate(
+        family,
         include_top=include_top,
         weights=weights,
         pooling=pooling,
@@ -76,32 +55,42 @@ def build(
         aux_logits=aux_logits,
         dropout_rate=dropout_rate,
         width=width,
+        final_endpoint=final_endpoint,
     )
-    inputs = _inputs(input_tensor, input_shape, include_top, spec.default_size)
-    conv = ConvBN(bn_momentum=bn_momentum, width=width)
-    x, aux_source = body(conv, inputs)
+    inputs = _inputs(input_tensor, input_shape, include_top, family)
+    b = Builder(bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint)
+    try:
+        x, aux_source = body(b, inputs)
+    except FinalEndPoint as stop:
+        x, aux_source = stop.tensor, None
+    else:
+        if final_endpoint is not None:
+            raise ValueError(
+                f"final_endpoint {final_endpoint!r} is not an end point of {family.name}; "
+                f"its end points: {list(b.end_points)}"
+            )
 
     if include_top:
-        outputs = [_main_head(spec, x, classes, dropout_rate, classifier_activation)]
+        outputs = [_main_head(b, family, x, classes, dropout_rate, classifier_activation)]
         if aux_logits:
-            outputs.append(_aux_head(spec, conv, aux_source, classes, classifier_activation))
+            outputs.append(_aux_head(b, family, aux_source, classes, classifier_activation))
         outputs = outputs if aux_logits else outputs[0]
-    elif pooling == "avg":
-        outputs = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    elif pooling == "max":
-        outputs = layers.GlobalMaxPooling2D(name="global_pool")(x)
+    elif pooling is not None:
+        pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+        outputs = b.add("global_pool", pool(name="global_pool")(x))
     else:
         outputs = x
 
     model_inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else inputs
-    model = keras.Model(model_inputs, outputs, name=name or spec.name)
-    if weights is not None:
-        weights_lib.load(model, weights, spec)
+    model = keras.Model(model_inputs, outputs, name=name or family.name)
+    model.end_points = dict(b.end_points)
+    if source is not None:
+        pretrained.load(model, source, family.name)
     return model
 
 
 def validate(
-    spec: Spec,
+    family: registry.Family,
     *,
     include_top: bool,
     weights,
@@ -111,10 +100,9 @@ def validate(
     aux_logits: bool,
     dropout_rate: float,
     width: float,
-) -> None:
-    """Raise ``ValueError`` naming what is allowed for every argument that is not."""
-    from keras_inception import weights as weights_lib
-
+    final_endpoint: str | None = None,
+) -> pretrained.WeightsSource | None:
+    """Raise naming what is allowed for every argument that is not; the resolved weights."""
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_inception models are channels_last only; "
@@ -130,60 +118,71 @@ def validate(
         raise ValueError(f"width must be positive, got {width!r}")
     if aux_logits and not include_top:
         raise ValueError("aux_logits=True needs include_top=True: the aux head is a classifier")
+    if final_endpoint is not None and include_top:
+        raise ValueError("final_endpoint needs include_top=False: the classifier reads the last end point")
     if weights is None:
-        return
-    pretrained = weights_lib.is_pretrained_name(weights)
-    if isinstance(weights, str) and not pretrained and not weights_lib.looks_like_path(weights):
-        raise ValueError(
-            f"weights must be None, one of {weights_lib.pretrained_names(spec.name)} or a path "
-            f"to a .weights.h5 / .keras file or a slim checkpoint, got {weights!r}"
-        )
-    if pretrained:
-        if weights not in weights_lib.pretrained_names(spec.name):
-            raise ValueError(
-                f"{spec.name} has no {weights!r} weights; available: "
-                f"{weights_lib.pretrained_names(spec.name) or 'none (build with weights=None)'}"
-            )
-        if include_top and classes not in (1000, 1001):
+        return None
+    source = pretrained.resolve_source(weights, family.name)
+    if source.is_slim and width != 1.0:
+        raise ValueError(f"slim checkpoints exist only for width=1.0, got width={width}")
+    if source.kind == "pretrained" and include_top:
+        if classes not in (1000, 1001):
             raise ValueError(
                 f"with weights={weights!r} and include_top=True, classes must be 1000 "
                 f"(ImageNet) or 1001 (slim's background class first), got {classes}"
             )
-        if include_top and classifier_activation not in (None, "softmax"):
+        if classifier_activation not in (None, "softmax"):
             raise ValueError(
                 "with pretrained weights, classifier_activation must be None or 'softmax', "
                 f"got {classifier_activation!r}"
             )
-        if width != 1.0:
-            raise ValueError(f"pretrained weights exist only for width=1.0, got width={width}")
+    return source
 
 
-def _inputs(input_tensor, input_shape, include_top: bool, default_size: int):
-    """The model input, checked: rank 4, 3 channels, spatial size at least 75."""
+def check_depths(depths: Sequence[int]) -> tuple[int, int, int]:
+    """Three positive block counts (35x35, 17x17, 8x8 stages)."""
+    depths = tuple(depths)
+    if len(depths) != 3 or not all(isinstance(d, int) and 1 <= d <= 25 for d in depths):
+        raise ValueError(f"depths must be three block counts from 1 to 25, got {depths!r}")
+    return depths
+
+
+def stage_names(depths: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
+    """slim's scopes of the blocks after each grid's first: ``Mixed_5b``.., ``Mixed_6b``.., ``Mixed_7b``.."""
+    counts = check_depths(depths)
+    return tuple(  # type: ignore[return-value]
+        [f"Mixed_{grid}{letter}" for letter in string.ascii_lowercase[1 : n + 1]]
+        for grid, n in zip("567", counts, strict=True)
+    )
+
+
+def _inputs(input_tensor, input_shape, include_top: bool, family: registry.Family):
+    """The model input, checked: rank 4, 3 channels, spatial size at least ``min_size``."""
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor)
         shape = tuple(input_tensor.shape)
         if len(shape) != 4:
             raise ValueError(f"input_tensor must have rank 4 (batch, height, width, 3), got shape {shape}")
-        _check_shape(shape[1:])
+        _check_shape(shape[1:], family.min_size)
         return input_tensor
     if input_shape is None:
-        input_shape = (default_size, default_size, 3) if include_top else (None, None, 3)
+        size = family.default_size
+        input_shape = (size, size, 3) if include_top else (None, None, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape}")
-    _check_shape(input_shape)
+    _check_shape(input_shape, family.min_size)
     return keras.Input(shape=input_shape, name="image")
 
 
-def _check_shape(shape: Sequence) -> None:
+def _check_shape(shape: Sequence, min_size: int) -> None:
     height, width, channels = shape
     if channels != 3:
         raise ValueError(f"input must have 3 (RGB) channels, got shape {tuple(shape)}")
     for side in (height, width):
-        if side is not None and side < MIN_SIZE:
-            raise ValueError(f"input height and width must be at least {MIN_SIZE}, got shape {tuple(shape)}")
+        if side is not None and side < min_size:
+            raise ValueError(f"input height and width must be at least {min_size}, got shape {tuple(shape)}")
 
 
 def _classifier(x, classes: int, scope: str, conv_logits: bool):
@@ -194,19 +193,27 @@ def _classifier(x, classes: int, scope: str, conv_logits: bool):
     return layers.Flatten(name=keras_name(f"{scope.split('/')[0]}/SpatialSqueeze"))(x)
 
 
-def _output(x, activation, prefix: str):
-    """The model output, float32 under mixed precision, named ``Predictions`` or ``Logits``."""
+def _output(b: Builder, logits, activation, prefix: str):
+    """The model output, float32 under mixed precision, named ``Predictions`` or ``Logits``.
+
+    Records the end points ``{prefix}Logits`` and ``{prefix}Predictions``.
+    """
+    b.end_points[f"{prefix}Logits"] = logits
     name = f"{prefix}Predictions" if activation is not None else f"{prefix}Logits"
-    return layers.Activation(activation or "linear", dtype="float32", name=name)(x)
+    out = layers.Activation(activation or "linear", dtype="float32", name=name)(logits)
+    if activation is not None:
+        b.end_points[name] = out
+    return out
 
 
-def _main_head(spec: Spec, x, classes: int, dropout_rate: float, activation):
-    x = layers.GlobalAveragePooling2D(keepdims=spec.conv_logits, name="global_pool")(x)
+def _main_head(b: Builder, family: registry.Family, x, classes: int, dropout_rate: float, activation):
+    x = layers.GlobalAveragePooling2D(keepdims=family.conv_logits, name="global_pool")(x)
+    b.end_points["global_pool"] = x
     x = layers.Dropout(dropout_rate, name="Logits.Dropout_1b")(x)
-    return _output(_classifier(x, classes, spec.logits, spec.conv_logits), activation, "")
+    return _output(b, _classifier(x, classes, family.logits_scope, family.conv_logits), activation, "")
 
 
-def _aux_head(spec: Spec, conv: ConvBN, x, classes: int, activation):
+def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
     """avg-pool 5x5/3 -> 1x1 conv 128 -> conv 768 over the whole map -> logits."""
     size = tuple(x.shape[1:3])
     if None in size or min(size) < 5:
@@ -215,17 +222,27 @@ def _aux_head(spec: Spec, conv: ConvBN, x, classes: int, activation):
             f"(e.g. 299x299); this input gives {size}"
         )
     x = layers.AveragePooling2D(5, strides=3, padding="valid", name="AuxLogits.AvgPool_1a_5x5")(x)
-    x = conv(x, 128, 1, "AuxLogits/Conv2d_1b_1x1")
-    x = conv(x, 768, tuple(x.shape[1:3]), spec.aux_conv, padding="valid")
-    if not spec.conv_logits:
+    x = b.conv(x, 128, 1, "AuxLogits/Conv2d_1b_1x1")
+    x = b.conv(x, 768, tuple(x.shape[1:3]), family.aux_conv_scope, padding="valid")
+    if not family.conv_logits:
         x = layers.Flatten(name="AuxLogits.Flatten")(x)
-    return _output(_classifier(x, classes, spec.aux_logits, spec.conv_logits), activation, "Aux")
+    logits = _classifier(x, classes, family.aux_logits_scope, family.conv_logits)
+    return _output(b, logits, activation, "Aux")
+
+
+def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer, nested models' included (no private Keras API)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 def multiply_adds(model: keras.Model) -> int:
     """Multiply-accumulates of one image through the convolutions and dense layers."""
     total = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         if isinstance(layer, layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             kh, kw, c_in, _ = layer.kernel.shape
@@ -236,26 +253,20 @@ def multiply_adds(model: keras.Model) -> int:
 
 
 def end_points(model: keras.Model) -> dict[str, keras.KerasTensor]:
-    """The model's slim end points, in network order: ``{"Mixed_5b": tensor, ...}``.
+    """slim's end points of a model built here, in network order: ``{"Mixed_5b": tensor, ...}``.
 
-    End points are the top-level slim scopes: stem convolutions (their ReLU output),
-    pools, ``Mixed_*`` blocks, ``PreAuxLogits``, ``global_pool``, and the heads'
-    ``Logits`` / ``AuxLogits`` (pre-activation) and ``Predictions``.
+    They are recorded as the network is built (slim's ``end_points[name] = net``):
+    stem convolutions and pools, ``Mixed_*`` blocks, ``PreAuxLogits``, the heads'
+    ``global_pool``, ``Logits`` / ``AuxLogits`` (pre-activation) and ``Predictions``.
     """
-    names = {layer.name for layer in model.layers}
-    points: dict[str, keras.KerasTensor] = {}
-    for layer in model.layers:
-        name = layer.name
-        if isinstance(layer, keras.layers.InputLayer) or f"{name}.Relu" in names:
-            continue
-        if name.endswith(".Relu"):
-            name = name.removesuffix(".Relu")
-        head = name.split(".")[0]
-        if head in ("Logits", "AuxLogits") and "." in name and "Dropout" not in name:
-            name = head  # the last layer of a head's scope holds its logits
-        if "." not in name:
-            points[name] = layer.output
-    return points
+    points = getattr(model, "end_points", None)
+    if points is None:
+        raise ValueError(
+            f"model {model.name!r} has no recorded end points: they are recorded when a "
+            "keras_inception builder makes the network (a model loaded from a file has none; "
+            "build it again and load the file as weights=)"
+        )
+    return dict(points)
 
 
 def feature_extractor(model: keras.Model, names: Sequence[str]) -> keras.Model:

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import string
-
 import keras
 
-from keras_inception import blocks
-from keras_inception.layers import SLIM_BN_MOMENTUM, ConvBN
-from keras_inception.models.base import Spec, build
+from keras_inception import blocks, registry
+from keras_inception.layers import SLIM_BN_MOMENTUM, Builder
+from keras_inception.models.base import build, stage_names
 
-SPEC = Spec(
-    name="inception_v4",
-    slim_scope="InceptionV4",
-    aux_conv="AuxLogits/Conv2d_2a",
-    aux_logits="AuxLogits/Aux_logits",
-)
-
-
-def block_letters(count: int) -> str:
-    """slim's block suffixes after the reduction block: ``b``, ``c``, ... (``Mixed_6b``)."""
-    if count > 25:
-        raise ValueError(f"at most 25 blocks per stage, got {count}")
-    return string.ascii_lowercase[1 : count + 1]
+FAMILY = registry.FAMILIES["inception_v4"]
 
 
 def InceptionV4(
@@ -39,43 +25,35 @@ def InceptionV4(
     dropout_rate: float = 0.2,
     bn_momentum: float = SLIM_BN_MOMENTUM,
     width: float = 1.0,
-    depths: tuple[int, int, int] = (4, 7, 3),
+    depths: tuple[int, int, int] = FAMILY.depths,
+    final_endpoint: str | None = None,
 ) -> keras.Model:
-    """Inception-v4: 4 Inception-A, 7 Inception-B and 3 Inception-C blocks.
+    """Inception-v4: stem, 4 Inception-A, Reduction-A, 7 Inception-B, Reduction-B, 3 Inception-C.
 
     Arguments are keras.applications' (see :mod:`keras_inception`), plus
     ``aux_logits`` (slim's auxiliary head on ``Mixed_6h``; the model then returns
     ``[predictions, aux_predictions]``), ``dropout_rate``, ``bn_momentum``,
-    ``width`` (channel multiplier) and ``depths`` (blocks per stage).
+    ``width`` (channel multiplier), ``depths`` (blocks per stage) and
+    ``final_endpoint`` (stop at that end point; needs ``include_top=False``).
     """
-    a, b, c = depths
+    a, b_, c = stage_names(depths)
 
-    def body(conv: ConvBN, x):
-        x = blocks.stem_v4(conv, x)
-        for letter in block_letters(a):
-            x = blocks.inception_a(conv, x, f"Mixed_5{letter}")
-        x = blocks.reduction_a(conv, x, "Mixed_6a", k=192, l=224, m=256, n=384)
-        for letter in block_letters(b):
-            x = blocks.inception_b(conv, x, f"Mixed_6{letter}")
+    def body(b: Builder, x):
+        x = blocks.stem_v4(b, x)
+        for scope in a:
+            x = b.add(scope, blocks.inception_a(b, x, scope))
+        x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=224, m=256, n=384))
+        for scope in b_:
+            x = b.add(scope, blocks.inception_b(b, x, scope))
         aux = x
-        x = blocks.reduction_b(conv, x, "Mixed_7a")
-        for letter in block_letters(c):
-            x = blocks.inception_c(conv, x, f"Mixed_7{letter}")
+        x = b.add("Mixed_7a", blocks.reduction_b(b, x, "Mixed_7a"))
+        for scope in c:
+            x = b.add(scope, blocks.inception_c(b, x, scope))
         return x, aux
 
     return build(
-        SPEC,
-        body,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        aux_logits=aux_logits,
-        dropout_rate=dropout_rate,
-        bn_momentum=bn_momentum,
-        width=width,
-    )
+        FAMILY, body, include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, aux_logits=aux_logits,
+        dropout_rate=dropout_rate, bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint,
+    )  # fmt: skip

@@ -1,0 +1,149 @@
+"""What the package knows about each network and each published checkpoint, as data.
+
+Nothing here imports the rest of the package (timm's ``default_cfgs``): the
+checkpoint reader, the weights cache, export, evaluation and the builders all read
+these tables, and only the builders know how a network is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from importlib import resources
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One network family: its names and the scopes of its heads.
+
+    Attributes:
+        name: registry key and default model name, e.g. ``"inception_v4"``.
+        slim_scope: the checkpoint's top-level scope (``"InceptionV4"``), or ``None``
+            where slim has no such network (Inception-ResNet-v1).
+        depths: blocks per stage (35x35, 17x17, 8x8) of the published network.
+        logits_scope: scope of the classifier layer.
+        aux_conv_scope: scope of the aux head's 768-filter convolution.
+        aux_logits_scope: scope of the aux classifier layer.
+        conv_logits: classifiers are 1x1 convolutions (Inception-v3), not dense layers.
+        default_size: input side with ``include_top=True``.
+        min_size: the smallest input side the stem accepts.
+    """
+
+    name: str
+    slim_scope: str | None
+    depths: tuple[int, int, int]
+    logits_scope: str = "Logits/Logits"
+    aux_conv_scope: str = "AuxLogits/Conv2d_2a_5x5"
+    aux_logits_scope: str = "AuxLogits/Logits"
+    conv_logits: bool = False
+    default_size: int = 299
+    min_size: int = 75
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedConfig:
+    """One published slim checkpoint and the conventions it was trained with.
+
+    Attributes:
+        family: the network it belongs to.
+        tag: the ``weights=`` value (``"imagenet"``, ``"adv_imagenet"``, ...).
+        archive: file name in slim's model zoo.
+        top1, top5: slim's ILSVRC-2012 validation accuracy (single crop, %), if published.
+        sha256: the archive's digest; none are published, see ``pretrained.pin``.
+        num_classes: outputs of the checkpoint's classifier (1001: background first).
+        label_offset: ImageNet class ``i`` is output ``i + label_offset``.
+        input_size: side of the square input it was evaluated at.
+        crop_fraction: central crop of slim's evaluation transform.
+        value_range: the pixel range the network expects (``x / 127.5 - 1``).
+    """
+
+    family: str
+    tag: str
+    archive: str
+    top1: float | None = None
+    top5: float | None = None
+    sha256: str | None = None
+    num_classes: int = 1001
+    label_offset: int = 1
+    input_size: int = 299
+    crop_fraction: float = 0.875
+    value_range: tuple[float, float] = (-1.0, 1.0)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "inception_v3",
+            "InceptionV3",
+            depths=(3, 4, 2),
+            logits_scope="Logits/Conv2d_1c_1x1",
+            aux_logits_scope="AuxLogits/Conv2d_2b_1x1",
+            conv_logits=True,
+        ),
+        Family(
+            "inception_v4",
+            "InceptionV4",
+            depths=(4, 7, 3),
+            aux_conv_scope="AuxLogits/Conv2d_2a",
+            aux_logits_scope="AuxLogits/Aux_logits",
+        ),
+        Family("inception_resnet_v1", None, depths=(5, 10, 5)),
+        Family("inception_resnet_v2", "InceptionResnetV2", depths=(10, 20, 10)),
+    )
+}
+
+PRETRAINED: dict[tuple[str, str], PretrainedConfig] = {
+    (p.family, p.tag): p
+    for p in (
+        PretrainedConfig("inception_v3", "imagenet", "inception_v3_2016_08_28.tar.gz", 78.0, 93.9),
+        PretrainedConfig("inception_v4", "imagenet", "inception_v4_2016_09_09.tar.gz", 80.2, 95.2),
+        PretrainedConfig(
+            "inception_resnet_v2", "imagenet", "inception_resnet_v2_2016_08_30.tar.gz", 80.4, 95.3
+        ),
+        PretrainedConfig("inception_v3", "adv_imagenet", "adv_inception_v3_2017_08_18.tar.gz"),
+        PretrainedConfig("inception_v3", "ens3_adv_imagenet", "ens3_adv_inception_v3_2017_08_18.tar.gz"),
+        PretrainedConfig("inception_v3", "ens4_adv_imagenet", "ens4_adv_inception_v3_2017_08_18.tar.gz"),
+        PretrainedConfig("inception_resnet_v2", "adv_imagenet", "adv_inception_resnet_v2_2017_12_18.tar.gz"),
+        PretrainedConfig(
+            "inception_resnet_v2", "ens_adv_imagenet", "ens_adv_inception_resnet_v2_2017_08_18.tar.gz"
+        ),
+    )
+}
+
+
+def family(name: str) -> Family:
+    """The family registered as ``name``; a ``ValueError`` lists the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(FAMILIES)}") from None
+
+
+def family_for_scope(scope: str) -> Family | None:
+    """The family whose slim checkpoints live under ``scope`` (``"InceptionV4"``)."""
+    return next((f for f in FAMILIES.values() if f.slim_scope == scope), None)
+
+
+def pretrained_tags(family_name: str | None = None) -> list[str]:
+    """The ``weights=`` tags published for a family (for any family when ``None``)."""
+    return sorted({tag for (name, tag) in PRETRAINED if family_name in (None, name)})
+
+
+def pretrained_config(family_name: str, tag: str) -> PretrainedConfig:
+    """The configuration of ``weights=tag`` for a family; a ``ValueError`` lists the tags."""
+    try:
+        return PRETRAINED[(family_name, tag)]
+    except KeyError:
+        available = pretrained_tags(family_name) or "none (build with weights=None)"
+        raise ValueError(f"{family_name} has no {tag!r} weights; available: {available}") from None
+
+
+@functools.cache
+def slim_manifest(family_name: str) -> dict[str, tuple[int, ...]]:
+    """Every variable name and shape of the public checkpoint (1001 classes, aux head)."""
+    if family(family_name).slim_scope is None:
+        raise ValueError(f"{family_name} has no slim checkpoints")
+    text = resources.files("keras_inception").joinpath(f"data/slim_manifests/{family_name}.json").read_text()
+    return {name: tuple(shape) for name, shape in json.loads(text).items()}
