@@ -177,79 +177,6 @@ def open_source(spec: str, split: str = "train", data_dir: str | None = None, **
     return tfrecords(spec, kwargs["num_classes"], kwargs.get("label_offset", 0))
 
 
-# ---------------------------------------------------------------- slim's training transform
-
-
-def distort_color(image: tf.Tensor, ordering: tf.Tensor) -> tf.Tensor:
-    """slim's ``distort_color`` on [0, 1] floats, one of its four orderings, then clipped."""
-
-    def brightness(x):
-        return tf.image.random_brightness(x, max_delta=32.0 / 255.0)
-
-    def saturation(x):
-        return tf.image.random_saturation(x, lower=0.5, upper=1.5)
-
-    def hue(x):
-        return tf.image.random_hue(x, max_delta=0.2)
-
-    def contrast(x):
-        return tf.image.random_contrast(x, lower=0.5, upper=1.5)
-
-    orders = [
-        (brightness, saturation, hue, contrast),
-        (saturation, brightness, contrast, hue),
-        (contrast, hue, brightness, saturation),
-        (hue, saturation, contrast, brightness),
-    ]
-
-    def apply(ops):
-        def run():
-            x = image
-            for op in ops:
-                x = op(x)
-            return x
-
-        return run
-
-    image = tf.switch_case(ordering, [apply(o) for o in orders])
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def train_transform(image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = None) -> tf.Tensor:
-    """slim's ``preprocess_for_train``: distorted box crop, resize, flip, colour, [-1, 1].
-
-    ``sample_distorted_bounding_box`` with min_object_covered 0.1, aspect ratio
-    0.75-1.33, area 0.05-1.0, 100 attempts (the whole image when no box is given).
-    """
-    if bbox is None or bbox.shape.rank != 2:
-        bbox = tf.constant([[0.0, 0.0, 1.0, 1.0]])
-    bbox = tf.cond(tf.shape(bbox)[0] > 0, lambda: bbox, lambda: tf.constant([[0.0, 0.0, 1.0, 1.0]]))
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=bbox[tf.newaxis],
-        seed=tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32),
-        min_object_covered=0.1,
-        aspect_ratio_range=(0.75, 1.33),
-        area_range=(0.05, 1.0),
-        max_attempts=100,
-        use_image_if_no_bounding_boxes=True,
-    )
-    x = tf.slice(image, begin, crop_size)
-    x = tf.cast(x, tf.float32) / 255.0
-    x = tf.image.resize(x, [size, size], method="bilinear")
-    x = tf.image.random_flip_left_right(x)
-    x = distort_color(x, tf.random.uniform([], maxval=4, dtype=tf.int32))
-    return (x - 0.5) * 2.0
-
-
-def flip_transform(image: tf.Tensor, size: int = 299) -> tf.Tensor:
-    """A light training transform for small-image experiments: resize, random flip, [-1, 1]."""
-    x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [size, size], method="bilinear")
-    return (tf.image.random_flip_left_right(x) - 0.5) * 2.0
-
-
-TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}
-
 # ---------------------------------------------------------------- pipeline
 
 
@@ -275,8 +202,10 @@ def pipeline(
     labels are repeated for the aux head. ``augmentation`` is ``"inception"`` (slim's
     training transform) or ``"flip"`` (resize and flip, for tiny images).
     """
-    if augmentation not in TRAIN_TRANSFORMS:
-        raise ValueError(f"augmentation must be one of {sorted(TRAIN_TRANSFORMS)}, got {augmentation!r}")
+    if augmentation not in preprocessing.TRAIN_TRANSFORMS:
+        raise ValueError(
+            f"augmentation must be one of {sorted(preprocessing.TRAIN_TRANSFORMS)}, got {augmentation!r}"
+        )
     dataset = source.dataset
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
@@ -287,9 +216,9 @@ def pipeline(
 
     def transform(image, label, bbox=None):
         if training and augmentation == "inception":
-            x = train_transform(image, image_size, bbox)
+            x = preprocessing.train_transform(image, image_size, bbox)
         elif training:
-            x = flip_transform(image, image_size)
+            x = preprocessing.flip_transform(image, image_size)
         else:
             x = preprocessing.eval_transform(image, image_size)
         x.set_shape([image_size, image_size, 3])

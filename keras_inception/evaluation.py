@@ -76,7 +76,7 @@ def crops(image, scheme: int = 1, size: int = 299) -> tf.Tensor:
             views += _six(square, side, size)
     batch = tf.stack(views)
     batch = tf.concat([batch, tf.image.flip_left_right(batch)], axis=0)
-    return (batch - 0.5) * 2.0
+    return preprocessing.to_signed_unit(batch)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, data, evaluation, training
+from keras_inception import cli, data, evaluation, preprocessing, training
 
 HERE = os.path.dirname(__file__)
 CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")
@@ -78,11 +78,11 @@ def test_training_pipeline_with_keras_augmentation_layers(folder):
 
 def test_train_transform_follows_slim(folder):
     image = ki.preprocessing.load_image(str(folder / "red" / "0.jpg"))
-    outs = np.stack([data.train_transform(image, 75).numpy() for _ in range(8)])
+    outs = np.stack([preprocessing.train_transform(image, 75).numpy() for _ in range(8)])
     assert outs.shape == (8, 75, 75, 3) and outs.min() >= -1.0 and outs.max() <= 1.0
     assert np.std(outs, axis=0).mean() > 0.01  # random crops, flips and colours differ
     box = tf.constant([[0.25, 0.25, 0.75, 0.75]])
-    assert data.train_transform(image, 75, box).shape == (75, 75, 3)
+    assert preprocessing.train_transform(image, 75, box).shape == (75, 75, 3)
 
 
 def _example(image: np.ndarray, label: int) -> bytes:
