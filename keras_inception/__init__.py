@@ -6,7 +6,7 @@ preds = model.predict(ki.preprocess_input(images))
 ki.decode_predictions(preds, top=5)
 """
 
-from keras_inception import pretrained, preprocessing, registry
+from keras_inception import preprocessing, pretrained, registry
 from keras_inception.imagenet import decode_predictions, preprocess_input
 from keras_inception.layers import ScaleSum
 from keras_inception.models import (

@@ -6,6 +6,7 @@ figures (cosine similarity, top-1 agreement, max abs difference) that the docs r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -15,9 +16,42 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import imagenet, preprocessing
+from keras_inception import files, imagenet, preprocessing
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+FORMATS = ("savedmodel", "tflite", "onnx")
+KERAS_OUTPUTS = (".keras", ".weights.h5")
+SAVED_MODELS = "saved_models"
+
+
+def output_kind(output: str) -> str:
+    """``keras``, ``weights_h5`` or ``savedmodel`` (a folder: no suffix); other suffixes are refused."""
+    if output.endswith(".keras"):
+        return "keras"
+    if output.endswith(".weights.h5"):
+        return "weights_h5"
+    suffix = os.path.splitext(output.rstrip("/"))[1]
+    if suffix:
+        raise ValueError(
+            f"cannot write {output!r}: outputs are FILE.keras, FILE.weights.h5 or a SavedModel "
+            f"folder (no suffix), not {suffix!r}"
+        )
+    return "savedmodel"
+
+
+def default_output(name: str) -> str:
+    """``saved_models/<name>``: where a SavedModel goes by default."""
+    return os.path.join(SAVED_MODELS, name)
+
+
+def save(model: keras.Model, output: str, version: int | None = None) -> str:
+    """Write ``model`` atomically as ``.keras``, ``.weights.h5``, or a SavedModel at ``output/<version>``."""
+    kind = output_kind(output)
+    if kind == "savedmodel":
+        return export_saved_model(model, output, version)
+    with files.atomic_path(output) as staged:
+        model.save(staged) if kind == "keras" else model.save_weights(staged)
+    return output
 
 
 def class_names(classes: int) -> list[str]:
@@ -100,11 +134,8 @@ def export_saved_model(
     final = os.path.join(directory, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; choose another version")
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".partial-") as tmp:
-        staged = os.path.join(tmp, "model")
+    with files.atomic_path(final) as staged:
         archive.write_out(staged, verbose=False)
-        os.replace(staged, final)
     return final
 
 
@@ -146,8 +177,7 @@ def export_tflite(
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         flatbuffer = _convert(converter, quantize, calibration)
-    _write_atomic(path, flatbuffer)
-    return path
+    return files.write_bytes(path, flatbuffer)
 
 
 def _convert(converter, quantize: str, calibration) -> bytes:
@@ -166,19 +196,6 @@ def _convert(converter, quantize: str, calibration) -> bytes:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert()
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, staged = tempfile.mkstemp(dir=directory, prefix=".partial-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(staged, path)
-    finally:
-        if os.path.exists(staged):
-            os.remove(staged)
 
 
 class TFLiteRunner:
@@ -220,8 +237,7 @@ def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
     fn = tf.function(lambda x: model(x, training=False))
     spec = (tf.TensorSpec([None, *size, 3], tf.float32, name="images"),)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
-    _write_atomic(path, proto.SerializeToString())
-    return path
+    return files.write_bytes(path, proto.SerializeToString())
 
 
 def onnx_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -261,3 +277,54 @@ def latency_ms(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, repea
         run(batch)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What :func:`export_model` wrote, and how closely it agrees with the Keras model."""
+
+    path: str
+    size_bytes: int
+    agreement: dict[str, float]  # :func:`compare` on check images (and a latency for TFLite)
+
+
+def export_model(
+    model: keras.Model,
+    fmt: str = "savedmodel",
+    output: str | None = None,
+    quantize: str = "none",
+    calibration: str | None = None,
+    version: int | None = None,
+) -> ExportResult:
+    """Export ``model`` and check the result against Keras on up to 16 images.
+
+    The check images are ``calibration``'s (after slim's evaluation transform), or
+    one random image; the SavedModel is checked through its ``serving_default``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"--quantize {quantize} applies to tflite only")
+    size = input_size(model)
+    if calibration:
+        check = representative_images(calibration, size)
+    else:
+        noise = np.random.default_rng(0).integers(0, 256, (*size, 3), np.uint8)
+        check = [preprocessing.eval_transform(noise, size).numpy()]
+    images = np.stack(check[:16])
+    if fmt == "savedmodel":
+        path = export_saved_model(model, output or default_output(model.name), version)
+        pixels = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
+        served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(pixels))
+        expected = model.predict(preprocessing.eval_transform(pixels, size), verbose=0)
+        agreement = compare(expected, served["probabilities"].numpy())
+    elif fmt == "tflite":
+        path = output or os.path.join(SAVED_MODELS, f"{model.name}_{quantize}.tflite")
+        export_tflite(model, path, quantize, check if calibration else None)
+        runner = TFLiteRunner(path)
+        agreement = compare(model.predict(images, verbose=0), runner(images))
+        agreement["latency_ms_batch1"] = latency_ms(runner, images[0])
+    else:
+        path = export_onnx(model, output or os.path.join(SAVED_MODELS, f"{model.name}.onnx"))
+        agreement = compare(model.predict(images, verbose=0), onnx_runner(path)(images))
+    return ExportResult(path, disk_size(path), agreement)

@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_inception.models.base import all_layers
+
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 
 
@@ -168,7 +170,7 @@ def get_strategy(name: str = "one-device", tpu: str | None = None) -> tf.distrib
 
 def sync_batch_norm(model: keras.Model) -> None:
     """Use global-batch BatchNorm statistics across replicas (as one device would)."""
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
 
@@ -212,6 +214,119 @@ def train(
     )
     if ema:
         model.optimizer.finalize_variable_values(model.trainable_variables)
+    model.save(os.path.join(output_dir, "final.keras"))
+    return model
+
+
+def train_network(
+    model_name: str,
+    source,
+    validation,
+    output_dir: str,
+    *,
+    epochs: int,
+    steps_per_epoch: int | None,
+    batch_size: int,
+    image_size: int,
+    recipe: Recipe,
+    strategy: str = "one-device",
+    tpu: str | None = None,
+    aux_logits: bool = False,
+    sync_bn: bool = False,
+    mixed_precision: str | None = None,
+    xla: bool = False,
+    width: float = 1.0,
+    depths=None,
+    seed: int = 0,
+) -> keras.Model:
+    """Train ``model_name`` from scratch on ``source`` (a :class:`data.Source`) with ``recipe``.
+
+    ``strategy`` is one of :data:`STRATEGIES`; ``multi-worker`` trains with
+    :func:`distributed_fit` on each worker's shard of the data, every other strategy
+    with :func:`train`. Writes ``final.keras`` (and, with ``fit``, the resume state,
+    ``best.keras`` and the history) into ``output_dir``.
+    """
+    from keras_inception import data
+    from keras_inception.models import get
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if strategy == "multi-worker":
+        unsupported = {
+            "--val-data": validation is not None,
+            "--xla": xla,
+            "--aux-logits": aux_logits,
+            "the moving average (pass --no-ema)": recipe.ema_momentum is not None,
+        }
+        if any(unsupported.values()):
+            raise ValueError(
+                "the multi-worker loop does not support " + ", ".join(k for k, v in unsupported.items() if v)
+            )
+    if mixed_precision:
+        keras.config.set_dtype_policy(f"mixed_{mixed_precision}")
+    steps = steps_per_epoch or (source.size // batch_size if source.size else None)
+    if not steps:
+        raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
+    builder = get(model_name)
+    extra = {"width": width} | ({"depths": tuple(depths)} if depths else {})
+
+    def build() -> keras.Model:
+        model = builder(
+            weights=None,
+            classes=source.num_classes,
+            input_shape=(image_size, image_size, 3),
+            aux_logits=aux_logits,
+            **extra,
+        )
+        if sync_bn:
+            sync_batch_norm(model)
+        return model
+
+    def pipeline(src, is_training: bool, batch: int):
+        return data.pipeline(
+            src,
+            batch,
+            is_training,
+            image_size,
+            aux_logits=aux_logits and is_training,
+            repeat=is_training,
+            seed=seed,
+        )
+
+    keras.utils.set_random_seed(seed)
+    distribution = get_strategy(strategy, tpu)
+    if strategy != "multi-worker":
+        val = pipeline(validation, False, batch_size) if validation else None
+        return train(
+            build,
+            pipeline(source, True, batch_size),
+            val,
+            output_dir,
+            epochs,
+            steps,
+            recipe,
+            distribution,
+            xla,
+        )
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        shard = data.Source(
+            source.dataset.shard(context.num_input_pipelines, context.input_pipeline_id),
+            source.class_names,
+            None,
+        )
+        return pipeline(shard, True, context.get_per_replica_batch_size(batch_size))
+
+    model, _ = distributed_fit(
+        distribution,
+        build,
+        dataset_fn,
+        batch_size,
+        epochs * steps,
+        recipe,
+        steps,
+        checkpoint_dir=os.path.join(output_dir, "backup"),
+    )
     model.save(os.path.join(output_dir, "final.keras"))
     return model
 
@@ -290,8 +405,7 @@ def transfer_model(
     """
     from keras_inception.models import get
 
-    builder, _ = get(model_name)
-    base = builder(
+    base = get(model_name)(
         include_top=False,
         weights=weights,
         input_shape=(image_size, image_size, 3),
@@ -341,6 +455,7 @@ def finetune(
     seed: int = 0,
     verbose: int | str = "auto",
     model_kwargs: dict | None = None,
+    on_error: str = "skip",
 ) -> dict:
     """Fine-tune on an image folder (one subfolder per class); returns the history.
 
@@ -351,7 +466,7 @@ def finetune(
     """
     from keras_inception import data as data_lib
 
-    train_src, val_src = data_lib.split_folder(data, validation_split, seed)
+    train_src, val_src = data_lib.split_folder(data, validation_split, seed, on_error)
     train = data_lib.pipeline(train_src, batch_size, True, image_size, seed=seed, augment=augment)
     val = data_lib.pipeline(val_src, batch_size, False, image_size)
     model, base = transfer_model(
@@ -429,14 +544,14 @@ def distributed_fit(
     recipe: Recipe,
     steps_per_epoch: int,
     checkpoint_dir: str | None = None,
-    log_every: int = 10,
+    checkpoint_every: int = 10,
 ) -> tuple[keras.Model, list[float]]:
     """Train under ``strategy.run`` (any strategy, MultiWorkerMirrored included).
 
     ``dataset_fn(input_context)`` returns each worker's dataset batched to
     ``input_context.get_per_replica_batch_size(global_batch_size)``. Losses are averaged
     over the global batch, so the update equals one device's on the same global batch.
-    With ``checkpoint_dir``, model and optimizer state are saved every ``log_every``
+    With ``checkpoint_dir``, model and optimizer state are saved every ``checkpoint_every``
     steps (chief to ``checkpoint_dir``, other workers to throw-away folders) and
     training resumes from the latest checkpoint.
     """
@@ -468,7 +583,7 @@ def distributed_fit(
     losses_seen = []
     for step in range(start, steps):
         losses_seen.append(float(train_step(iterator)))
-        if manager and ((step + 1) % log_every == 0 or step + 1 == steps):
+        if manager and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
             manager.save(checkpoint_number=step + 1)
     return model, losses_seen
 
@@ -486,4 +601,3 @@ def _checkpoint_manager(strategy, model, optimizer, checkpoint_dir):
     if latest:
         checkpoint.restore(latest)
     return manager
-

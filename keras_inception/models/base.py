@@ -58,6 +58,8 @@ def build(
         final_endpoint=final_endpoint,
     )
     inputs = _inputs(input_tensor, input_shape, include_top, family)
+    if aux_logits and None in tuple(inputs.shape[1:3]):
+        raise ValueError("aux_logits=True needs a fixed input size (e.g. input_shape=(299, 299, 3))")
     b = Builder(bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint)
     try:
         x, aux_source = body(b, inputs)
@@ -230,19 +232,25 @@ def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
     return _output(b, logits, activation, "Aux")
 
 
-def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
     """Every layer, nested models' included (no private Keras API)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
         else:
             yield layer
 
 
 def multiply_adds(model: keras.Model) -> int:
-    """Multiply-accumulates of one image through the convolutions and dense layers."""
+    """Multiply-accumulates of one image through the convolutions and dense layers.
+
+    Pooling, BatchNorm, activations and sums are not counted. The model needs a fixed
+    input size.
+    """
+    if None in tuple(model.input_shape[1:3]):
+        raise ValueError(f"multiply_adds needs a fixed input size; {model.name} takes {model.input_shape}")
     total = 0
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             kh, kw, c_in, _ = layer.kernel.shape
