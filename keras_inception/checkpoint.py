@@ -8,7 +8,9 @@ anything else raises an error that names the variable. Never a partial load.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import re
 
 import keras
 import numpy as np
@@ -51,11 +53,27 @@ def read(path: str) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     prefix = checkpoint_prefix(path)
-    try:
+    try:  # every tensor is read here: a missing or short data file fails on the first get_tensor
         reader = tf.train.load_checkpoint(prefix)
-    except Exception as error:  # DataLossError, NotFoundError...: a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {prefix}: {error}") from error
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    except Exception as error:  # OpError, DataLossError, IndexError: a missing, short or corrupt file
+        raise _read_error(prefix, error) from error
+
+
+def _read_error(prefix: str, error: Exception) -> CheckpointError:
+    """A one-line error naming the file a read failed on: a V2 data shard, else the checkpoint."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if not os.path.isfile(f"{prefix}.index"):
+        return CheckpointError(f"cannot read checkpoint {prefix}: {reason}")
+    shards = re.findall(r"[^\s;:'\"]+\.data-\d{5}-of-\d{5}", reason)
+    shards = shards or sorted(glob.glob(f"{glob.escape(prefix)}.data-?????-of-?????"))
+    missing = [shard for shard in shards if not os.path.isfile(shard)]
+    if missing or not shards:
+        missing_name = missing[0] if missing else f"{prefix}.data-00000-of-00001"
+        return CheckpointError(f"checkpoint data file {missing_name} is missing (beside {prefix}.index)")
+    return CheckpointError(
+        f"cannot read checkpoint data file {', '.join(shards)} (truncated or corrupt?): {reason}"
+    )
 
 
 def family_of(variables: dict[str, np.ndarray]) -> str:

@@ -7,27 +7,52 @@ or ``.weights.h5`` file, a slim checkpoint (V1 file or V2 prefix) or an official
 structure, a pinned sha256, and every variable of the full network against the
 checkpoint's manifest), converts it to a ``.npz`` of slim-named arrays and caches
 that atomically under the Keras cache directory; later runs load the cache
-offline. Set ``KERAS_INCEPTION_WEIGHTS_URL`` to a mirror (``https://...`` or
-``file:///...``).
+offline, after checking its embedded sha256. Set ``KERAS_INCEPTION_WEIGHTS_URL`` to
+a mirror (``https://...``, ``file:///...`` or a folder path).
+
+Failure behaviour, each a one-line :class:`WeightsError` and nothing cached:
+archives whose members declare or write more than ``KERAS_INCEPTION_MAX_ARCHIVE_BYTES``;
+downloads past ``KERAS_INCEPTION_DOWNLOAD_DEADLINE`` seconds or slower than
+``KERAS_INCEPTION_DOWNLOAD_STALL_BYTES`` per ``KERAS_INCEPTION_DOWNLOAD_STALL_SECONDS``;
+an archive whose sha256 or size differs from the one recorded at its first fetch
+(unless :func:`pin` says otherwise); an unwritable cache (:class:`CacheDirError`).
+A damaged cache entry is reported in a warning, removed and fetched again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.client
+import json
 import os
+import pathlib
 import tarfile
 import tempfile
+import time
 import urllib.request
+import warnings
+import zipfile
+import zlib
 
 import keras
 import numpy as np
 
 from keras_inception import checkpoint, files, registry, slim
 
-DEFAULT_BASE_URL = "http://download.tensorflow.org/models/"
+DEFAULT_BASE_URL = "https://download.tensorflow.org/models/"
 URL_ENV = "KERAS_INCEPTION_WEIGHTS_URL"
+# Bounds, each overridden by its environment variable. The largest slim archive is ~240 MB.
+MAX_ARCHIVE_BYTES = 1 << 30  # per archive: its download, and its members declared and written
+MAX_ARCHIVE_ENV = "KERAS_INCEPTION_MAX_ARCHIVE_BYTES"
+DOWNLOAD_DEADLINE = 3600.0  # seconds for a whole download
+DEADLINE_ENV = "KERAS_INCEPTION_DOWNLOAD_DEADLINE"
+STALL_SECONDS = 60.0  # a download receiving fewer than STALL_BYTES in this window has stalled
+STALL_SECONDS_ENV = "KERAS_INCEPTION_DOWNLOAD_STALL_SECONDS"
+STALL_BYTES = 64 << 10
+STALL_BYTES_ENV = "KERAS_INCEPTION_DOWNLOAD_STALL_BYTES"
+DIGEST_KEY = "__sha256__"  # in each cached .npz: the sha256 of its arrays
 KERAS_SUFFIXES = (".weights.h5", ".keras")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 KINDS = ("pretrained", "keras", "weights_h5", "checkpoint", "archive")
@@ -35,6 +60,24 @@ KINDS = ("pretrained", "keras", "weights_h5", "checkpoint", "archive")
 
 class WeightsError(ValueError):
     """A download or archive that cannot be trusted; nothing was cached."""
+
+
+class CacheDirError(WeightsError):
+    """The weights cache cannot be written (a read-only ``KERAS_HOME``, or one under a file)."""
+
+
+def _setting(name: str, default: float) -> float:
+    """The positive number in environment variable ``name``, else ``default``."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise WeightsError(f"{name}={value!r} should be a positive number")
+    return number
 
 
 def pin(family: str, tag: str, sha256: str) -> None:
@@ -142,74 +185,266 @@ def cache_dir() -> str:
     return os.path.join(home, "models", "keras_inception")
 
 
+def record_path(archive: str) -> str:
+    """Where the sha256 and size of ``archive`` are recorded at its first fetch.
+
+    Beside the cache folder (``$KERAS_HOME/models/keras_inception_archives``), so that
+    the folder itself holds only the converted ``.npz`` files.
+    """
+    return os.path.join(os.path.dirname(cache_dir()), "keras_inception_archives", f"{archive}.json")
+
+
 def fetch(model: str, tag: str) -> dict[str, np.ndarray]:
-    """The slim variables of a published checkpoint: from the cache, or downloaded once."""
+    """The slim variables of a published checkpoint: from the cache, or downloaded once.
+
+    A cache entry that fails its check is named in a warning, removed and fetched again.
+    """
     entry = registry.pretrained_config(model, tag)
-    cached = os.path.join(cache_dir(), f"{model}_{tag}.npz")
+    directory = cache_dir()
+    cached = os.path.join(directory, f"{model}_{tag}.npz")
+    files.remove_stale_partials(directory)  # left by runs killed while converting
+    bad = None
     if os.path.exists(cached):
-        with np.load(cached) as data:
-            return {key: data[key] for key in data.files}
-    with files.atomic_path(cached) as staged:  # a later run sees the whole file or none
-        work = os.path.dirname(staged)
-        archive = download(entry, work)
-        arrays = convert_archive(archive, model, os.path.join(work, "extracted"))
-        with open(staged, "wb") as f:
-            np.savez(f, **arrays)
+        try:
+            return load_cached(cached)
+        except WeightsError as error:
+            try:
+                _writable(directory)
+            except CacheDirError as unwritable:
+                raise CacheDirError(f"{error}, and {unwritable}") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(cached)
+            bad = f"{error}; it was removed"
+            warnings.warn(f"{bad}, downloading it again", stacklevel=2)
+    _writable(directory)
+    try:
+        with files.atomic_path(cached) as staged:  # a later run sees the whole file or none
+            work = os.path.dirname(staged)
+            archive = download(entry, work)
+            arrays = convert_archive(archive, model, os.path.join(work, "extracted"))
+            with open(staged, "wb") as f:
+                np.savez(f, **arrays, **{DIGEST_KEY: np.array(_arrays_sha256(arrays))})
+            _record(entry, archive)
+    except WeightsError as error:
+        if bad:
+            raise WeightsError(f"{bad}; {error}") from error
+        raise
     return arrays
 
 
+def load_cached(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a cached ``.npz``, checked against the sha256 stored in it.
+
+    Raises:
+        WeightsError: a truncated, corrupt or altered file (named).
+    """
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # f: closed on errors too
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise WeightsError(f"cache entry {path} is unreadable ({type(error).__name__}: {error})") from error
+    recorded = arrays.pop(DIGEST_KEY, None)
+    if recorded is not None and str(recorded) != _arrays_sha256(arrays):  # older versions stored none
+        raise WeightsError(f"cache entry {path} does not match its sha256 (altered on disk)")
+    return arrays
+
+
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value)
+    return digest.hexdigest()
+
+
+def _writable(directory: str) -> None:
+    """Create ``directory`` and check a file can be made in it, or raise :class:`CacheDirError`."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=f"{files.PARTIAL_PREFIX}{os.getpid()}-"))
+    except OSError as error:
+        home = os.environ.get("KERAS_HOME", "unset")
+        raise CacheDirError(
+            f"cannot write the weights cache {directory} ({error.strerror or error}); "
+            f"set KERAS_HOME (now {home}) to a writable folder"
+        ) from None
+
+
 def url_for(entry: registry.PretrainedConfig) -> str:
-    base = os.environ.get(URL_ENV, DEFAULT_BASE_URL)
+    """The archive's URL under ``$KERAS_INCEPTION_WEIGHTS_URL`` (a URL or a folder path)."""
+    base = os.environ.get(URL_ENV) or DEFAULT_BASE_URL
+    if "://" not in base:  # a plain folder path
+        return pathlib.Path(os.path.abspath(os.path.expanduser(base)), entry.archive).as_uri()
     return base.rstrip("/") + "/" + entry.archive
 
 
+def _offline_advice(entry: registry.PretrainedConfig) -> str:
+    return (
+        f"To work without this server, set {URL_ENV} to a mirror holding {entry.archive} "
+        "(http(s)://, file:// or a folder path), or pass a local .tar.gz archive or checkpoint as weights="
+    )
+
+
 def download(entry: registry.PretrainedConfig, directory: str) -> str:
-    """Download ``entry``'s archive into ``directory``, checking length and pinned sha256."""
+    """Download ``entry``'s archive into ``directory``; return its path.
+
+    Checked: the length announced, the size bound, the overall deadline and the
+    stall rate (see the module constants), and the sha256, against :func:`pin`'s
+    if any, else against the one recorded at the first fetch.
+    """
     url = url_for(entry)
     target = os.path.join(directory, entry.archive)
+    limit = int(_setting(MAX_ARCHIVE_ENV, MAX_ARCHIVE_BYTES))
+    deadline = _setting(DEADLINE_ENV, DOWNLOAD_DEADLINE)
+    window = _setting(STALL_SECONDS_ENV, STALL_SECONDS)
+    min_bytes = int(_setting(STALL_BYTES_ENV, STALL_BYTES))
     digest = hashlib.sha256()
     received = 0
+    expected = None
+
+    def fail(what: str) -> WeightsError:
+        return WeightsError(f"download of {url} {what}. {_offline_advice(entry)}")
+
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+        start = time.monotonic()
+        with urllib.request.urlopen(url, timeout=min(window, 60.0)) as response, open(target, "wb") as out:
             length = response.headers.get("Content-Length")
             expected = int(length) if length else None
+            if expected is not None and expected > limit:
+                raise WeightsError(
+                    f"archive {url} is {expected} bytes, over the bound of {limit} ({MAX_ARCHIVE_ENV})"
+                )
             progress = keras.utils.Progbar(expected, unit_name="B") if expected else None
             print(f"Downloading {url}")
-            while chunk := response.read(1 << 20):
+            window_start, window_bytes = start, 0
+            while chunk := response.read1(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 if progress:
                     progress.update(received)
-    except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, short reads
-        raise WeightsError(f"download of {url} failed: {error}") from error
+                now = time.monotonic()
+                if received > limit:
+                    raise WeightsError(f"archive {url} passed the bound of {limit} bytes ({MAX_ARCHIVE_ENV})")
+                if now - start > deadline:
+                    raise fail(
+                        f"failed: not finished after the deadline of {deadline:g} s, "
+                        f"{received} bytes received ({DEADLINE_ENV})"
+                    )
+                if now - window_start >= window:
+                    if received - window_bytes < min_bytes:
+                        raise fail(
+                            f"stalled: {received - window_bytes} bytes in {now - window_start:.1f} s, under "
+                            f"{min_bytes} bytes per {window:g} s ({STALL_BYTES_ENV}, {STALL_SECONDS_ENV})"
+                        )
+                    window_start, window_bytes = now, received
+    except TimeoutError as error:  # no byte for a whole window (or no answer)
+        raise fail(f"stalled: no data for {window:g} s ({STALL_SECONDS_ENV})") from error
+    except (OSError, http.client.HTTPException) as error:  # URLError, refused, short reads
+        raise fail(f"failed: {error}") from error
     if expected is not None and received != expected:
-        raise WeightsError(f"download of {url} truncated: {received} of {expected} bytes")
-    if entry.sha256 and digest.hexdigest() != entry.sha256:
-        raise WeightsError(f"sha256 of {url} is {digest.hexdigest()}, expected the pinned {entry.sha256}")
+        raise fail(f"truncated: {received} of {expected} bytes")
+    sha256 = digest.hexdigest()
+    if entry.sha256:  # a pin overrides the record
+        if sha256 != entry.sha256:
+            raise WeightsError(f"sha256 of {url} is {sha256}, expected the pinned {entry.sha256}")
+        return target
+    recorded = _recorded(entry.archive)
+    if recorded and (recorded.get("sha256"), recorded.get("size")) != (sha256, received):
+        raise WeightsError(
+            f"archive {entry.archive} changed since its first fetch: now sha256 {sha256} ({received} bytes) "
+            f"from {url}, recorded {recorded.get('sha256')} ({recorded.get('size')} bytes) in "
+            f"{record_path(entry.archive)}; if the change is expected, delete that file or "
+            f"pretrained.pin({entry.family!r}, {entry.tag!r}, {sha256!r})"
+        )
     return target
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
+def _recorded(archive: str) -> dict | None:
+    try:
+        with open(record_path(archive)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        warnings.warn(f"ignoring unreadable record {record_path(archive)}: {error}", stacklevel=3)
+        return None
+
+
+def _record(entry: registry.PretrainedConfig, archive: str) -> None:
+    """Record the sha256 and size of a checked ``archive`` (once, or when a pin changed it)."""
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    record = {"archive": entry.archive, "sha256": digest.hexdigest(), "size": os.path.getsize(archive)}
+    previous = _recorded(entry.archive)
+    if previous and all(previous.get(key) == value for key, value in record.items()):
+        return
+    try:
+        files.write_bytes(record_path(entry.archive), json.dumps(record, indent=1).encode())
+    except OSError as error:
+        warnings.warn(f"could not record the sha256 of {entry.archive}: {error}", stacklevel=3)
+
+
+def _check_member(member: tarfile.TarInfo, limit: int) -> None:
     name = member.name
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise WeightsError(f"unsafe path in archive: {name!r}")
     if not (member.isfile() or member.isdir()):
         raise WeightsError(f"archive member {name!r} is a link or device; refusing to extract")
+    if member.size > limit:
+        raise WeightsError(
+            f"archive member {name!r} declares {member.size} bytes, over the bound of {limit} "
+            f"({MAX_ARCHIVE_ENV})"
+        )
+
+
+def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], directory: str, limit: int) -> None:
+    """Write ``members`` under ``directory`` in chunks, stopping once ``limit`` bytes are passed."""
+    written = 0
+    for member in members:
+        target = os.path.join(directory, member.name)
+        if member.isdir():
+            os.makedirs(target, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with tar.extractfile(member) as source, open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise WeightsError(
+                        f"archive member {member.name!r} passed the bound of {limit} bytes written "
+                        f"({MAX_ARCHIVE_ENV})"
+                    )
+                out.write(chunk)
 
 
 def extract_checkpoint(archive: str, directory: str) -> str:
-    """Safely extract a slim archive; return the prefix of the one checkpoint in it."""
+    """Safely extract a slim archive; return the prefix of the one checkpoint in it.
+
+    Refused before anything is written: unsafe paths, links, and members whose declared
+    sizes pass ``KERAS_INCEPTION_MAX_ARCHIVE_BYTES`` (alone or together).
+    """
     if not os.path.isfile(archive):
         raise FileNotFoundError(f"archive not found: {archive}")
+    limit = int(_setting(MAX_ARCHIVE_ENV, MAX_ARCHIVE_BYTES))
+    name = os.path.basename(archive)
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member)
-            tar.extractall(directory, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise WeightsError(f"archive {os.path.basename(archive)} is corrupt or truncated: {error}") from error
+                _check_member(member, limit)
+            declared = sum(m.size for m in members if m.isfile())
+            if declared > limit:
+                raise WeightsError(
+                    f"archive {name} members declare {declared} bytes in all, over the bound of {limit} "
+                    f"({MAX_ARCHIVE_ENV})"
+                )
+            _extract(tar, members, directory, limit)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise WeightsError(f"archive {name} is corrupt or truncated: {error}") from error
     files = [m.name for m in members if m.isfile()]
     prefixes = sorted(
         {f.removesuffix(".index") for f in files if f.endswith(".ckpt.index")}
@@ -217,7 +452,7 @@ def extract_checkpoint(archive: str, directory: str) -> str:
     )
     if len(prefixes) != 1:
         raise WeightsError(
-            f"archive {os.path.basename(archive)} should hold one checkpoint (*.ckpt or "
+            f"archive {name} should hold one checkpoint (*.ckpt or "
             f"*.ckpt.index + data), found {prefixes or files}"
         )
     return os.path.join(directory, prefixes[0])

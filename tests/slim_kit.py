@@ -9,6 +9,7 @@ import io
 import os
 import tarfile
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -65,14 +66,15 @@ def pack(prefix: str, archive: str, extra: dict[str, bytes] | None = None) -> st
 
 
 @contextlib.contextmanager
-def serve(directory: str, cut_after: int | None = None):
+def serve(directory: str, cut_after: int | None = None, trickle: float | None = None):
     """An HTTP server on 127.0.0.1 serving ``directory``; yields its base URL.
 
     With ``cut_after``, responses announce the full length but stop after that many
-    bytes, like a dropped connection.
+    bytes, like a dropped connection. With ``trickle``, they send one byte every
+    ``trickle`` seconds, like a stalled mirror.
     """
-    handler = functools.partial(_QuietHandler, directory=directory, cut_after=cut_after)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler = functools.partial(_QuietHandler, directory=directory, cut_after=cut_after, trickle=trickle)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -82,12 +84,26 @@ def serve(directory: str, cut_after: int | None = None):
         server.server_close()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    block_on_close = False  # a trickling handler ends on its own once the client hangs up
+
+    def handle_error(self, request, client_address):
+        pass  # clients that give up (broken pipes) are what the tests provoke
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *args, cut_after=None, **kwargs):
+    def __init__(self, *args, cut_after=None, trickle=None, **kwargs):
         self.cut_after = cut_after
+        self.trickle = trickle
         super().__init__(*args, **kwargs)
 
     def copyfile(self, source, outputfile):
+        if self.trickle is not None:
+            while byte := source.read(1):
+                outputfile.write(byte)
+                outputfile.flush()
+                time.sleep(self.trickle)
+            return None
         if self.cut_after is None:
             return super().copyfile(source, outputfile)
         outputfile.write(source.read(self.cut_after))
