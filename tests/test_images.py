@@ -1,0 +1,121 @@
+"""Reading images safely: clear errors, a pixel limit from the header, folders, empty batches, classify."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_inception import preprocessing
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt)
+    return out.getvalue()
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _claiming(fmt: str, width: int, height: int) -> bytes:
+    """A small real file whose header claims ``width`` x ``height`` (too big to decode here)."""
+    encoded = bytearray(_encode(_pixels(8, 8), fmt))
+    if fmt == "JPEG":
+        sof = encoded.index(b"\xff\xc0")
+        encoded[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    elif fmt == "PNG":
+        encoded[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    elif fmt == "GIF":
+        encoded[6:10] = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    else:  # BMP
+        encoded[18:26] = width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    return bytes(encoded)
+
+
+# ---------------------------------------------------------------- 1. load_image errors
+
+
+def test_load_image_errors_are_one_line_without_tensorflow_internals(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "truncated.jpg").write_bytes(_encode(_pixels(64, 64), "JPEG")[:200])
+    (tmp_path / "truncated.png").write_bytes(_encode(_pixels(64, 64), "PNG")[:100])
+    (tmp_path / "folder.jpg").mkdir()
+    expected = {
+        "missing.jpg": "no such file",
+        "folder.jpg": "is a directory",
+        "notes.txt": "not an image (unknown format)",
+        "empty.jpg": "empty file",
+        "truncated.jpg": "corrupt image (Invalid JPEG data, size 200)",
+        "truncated.png": "corrupt image (Invalid PNG data, size 100)",
+    }
+    for name, reason in expected.items():
+        path = str(tmp_path / name)
+        with pytest.raises(ValueError) as caught:
+            preprocessing.load_image(path)
+        assert str(caught.value) == f"cannot read image {path}: {reason}"
+
+
+# ---------------------------------------------------------------- 2. pixel limit
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_encoded_shape_reads_the_header(fmt):
+    encoded = _encode(_pixels(30, 50), fmt)
+    assert preprocessing.image_format(encoded).numpy().decode() == fmt.lower()
+    np.testing.assert_array_equal(preprocessing.encoded_shape(encoded), [30, 50])
+    in_graph = tf.data.Dataset.from_tensors(encoded).map(preprocessing.encoded_shape)
+    np.testing.assert_array_equal(next(iter(in_graph)), [30, 50])
+    np.testing.assert_array_equal(preprocessing.encoded_shape(b"not an image"), [0, 0])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_default_limit_refuses_a_huge_header_before_decoding(fmt, tmp_path):
+    path = tmp_path / f"huge.{fmt.lower()}"
+    path.write_bytes(_claiming(fmt, 12000, 12000))
+    with pytest.raises(ValueError) as caught:
+        preprocessing.load_image(str(path))
+    assert str(caught.value) == (
+        f"cannot read image {path}: 12000x12000 pixels exceeds the limit of 50000000 pixels "
+        "(KERAS_INCEPTION_MAX_PIXELS)"
+    )
+
+
+def test_pixel_limit_argument_env_and_constant(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(_encode(_pixels(300, 300), "PNG"))
+    assert preprocessing.load_image(str(path), max_pixels=300 * 300).shape == (300, 300, 3)
+    with pytest.raises(ValueError, match=r"big.png: 300x300 pixels exceeds the limit of 89999 pixels"):
+        preprocessing.load_image(str(path), max_pixels=300 * 300 - 1)
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", "1000")
+    with pytest.raises(ValueError, match="limit of 1000 pixels"):
+        preprocessing.load_image(str(path))
+    monkeypatch.delenv("KERAS_INCEPTION_MAX_PIXELS")
+    monkeypatch.setattr(preprocessing, "MAX_PIXELS", 2000)
+    with pytest.raises(ValueError, match="limit of 2000 pixels"):
+        preprocessing.load_image(str(path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 300x300 pixels exceeds the limit"):
+        preprocessing.check_pixels(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((1, 40, 60), (33, 47)), ((2, 300, 300), (299, 299)), ((1, 37, 513), (75, 75))]
+)
+def test_eval_transform_unchanged_by_cropping_before_the_cast(shape, size):
+    """Bit-identical to the former order: cast to float, central crop 0.875, TF1 bilinear resize."""
+    images = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    x = tf.image.central_crop(tf.cast(images, tf.float32) / 255.0, 0.875)
+    x = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=False, half_pixel_centers=False)
+    former = ((x - 0.5) * 2.0).numpy()
+    np.testing.assert_array_equal(preprocessing.eval_transform(images, size).numpy(), former)
+    np.testing.assert_array_equal(preprocessing.eval_transform(images[0], size).numpy(), former[0])
+
+
+def test_eval_transform_casts_the_crop_not_the_whole_image():
+    spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
+    graph = tf.function(lambda x: preprocessing.eval_transform(x, 75)).get_concrete_function(spec).graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast" and op.inputs[0].dtype == tf.uint8]
+    assert [op.inputs[0].op.type for op in casts] == ["Slice"]
