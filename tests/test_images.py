@@ -1,13 +1,14 @@
 """Reading images safely: clear errors, a pixel limit from the header, folders, empty batches, classify."""
 
 import io
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_inception import preprocessing
+from keras_inception import data, preprocessing
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -119,3 +120,60 @@ def test_eval_transform_casts_the_crop_not_the_whole_image():
     graph = tf.function(lambda x: preprocessing.eval_transform(x, 75)).get_concrete_function(spec).graph
     casts = [op for op in graph.get_operations() if op.type == "Cast" and op.inputs[0].dtype == tf.uint8]
     assert [op.inputs[0].op.type for op in casts] == ["Slice"]
+
+
+# ---------------------------------------------------------------- 4. image folders
+
+
+def _class_folder(root, name: str, count: int, seed: int = 0) -> None:
+    os.makedirs(root / name, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(_pixels(20, 24, seed + i)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_skips_images_over_the_limit_and_says_why(tmp_path, monkeypatch):
+    _class_folder(tmp_path, "a", 2)
+    _class_folder(tmp_path, "b", 2)
+    Image.fromarray(_pixels(300, 300)).save(tmp_path / "b" / "big.png")
+    assert data.image_folder(str(tmp_path)).size == 5
+    source = data.image_folder(str(tmp_path), max_pixels=300 * 300 - 1)
+    big = str(tmp_path / "b" / "big.png")
+    assert source.size == 4 and source.skipped == [big]
+    assert source.reasons == {
+        big: "300x300 pixels exceeds the limit of 89999 pixels (KERAS_INCEPTION_MAX_PIXELS)"
+    }
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))
+    with pytest.raises(ValueError, match=r"1 unreadable files in .*: b/big.png: 300x300 pixels exceeds"):
+        data.image_folder(str(tmp_path), on_error="raise")
+
+
+def test_image_folder_nested_odd_names_and_bad_layouts(tmp_path):
+    _class_folder(tmp_path, "a", 2)
+    _class_folder(tmp_path, "b", 1)
+    _class_folder(tmp_path / "b", "nested", 2, seed=5)  # b/nested/0.png, b/nested/1.png
+    odd = os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.png")  # not valid UTF-8
+    Image.fromarray(_pixels(20, 24, 9)).save(odd)
+    source = data.image_folder(str(tmp_path))
+    files = [os.path.relpath(f, tmp_path) for f, _ in source.files]
+    assert files == [
+        "a/0.png",
+        "a/1.png",
+        os.fsdecode(b"a/caf\xe9.png"),
+        "b/0.png",
+        "b/nested/0.png",
+        "b/nested/1.png",
+    ]
+    assert [int(y) for _, y in source.dataset] == [0, 0, 0, 1, 1, 1]
+    assert source.skipped == []
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no readable image in class folder\(s\) \['c'\]"):
+        data.image_folder(str(tmp_path))
+
+    only = tmp_path / "only"
+    _class_folder(only, "cats", 2)
+    with pytest.raises(
+        ValueError, match=r"only one class folder \('cats'\): a classifier needs at least two"
+    ):
+        data.image_folder(str(only))
