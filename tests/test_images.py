@@ -3,12 +3,14 @@
 import io
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_inception import data, preprocessing
+import keras_inception as ki
+from keras_inception import data, export, preprocessing
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -177,3 +179,33 @@ def test_image_folder_nested_odd_names_and_bad_layouts(tmp_path):
         ValueError, match=r"only one class folder \('cats'\): a classifier needs at least two"
     ):
         data.image_folder(str(only))
+
+
+# ---------------------------------------------------------------- 2-3. serving
+
+
+@pytest.fixture(scope="module")
+def tiny_v3():
+    keras.utils.set_random_seed(0)
+    return ki.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=3, depths=(1, 1, 1))
+
+
+def test_saved_model_empty_batches_and_pixel_limit(tiny_v3, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))  # read when exporting
+    served = tf.saved_model.load(export.export_saved_model(tiny_v3, str(tmp_path / "serving"), top_k=2))
+    monkeypatch.delenv("KERAS_INCEPTION_MAX_PIXELS")
+    pixels = served.signatures["serving_default"](images=tf.zeros((0, 80, 90, 3), tf.uint8))
+    encoded = served.signatures["serve_image_bytes"](image_bytes=tf.constant([], tf.string))
+    for out in (pixels, encoded):
+        assert out["probabilities"].shape == (0, 3)
+        assert out["top_k_classes"].shape == out["top_k_names"].shape == out["top_k_scores"].shape == (0, 2)
+
+    small = _pixels(90, 80)
+    one = served.signatures["serve_image_bytes"](image_bytes=tf.constant([_encode(small, "PNG")]))
+    expected = tiny_v3.predict(preprocessing.eval_transform(small[np.newaxis], (75, 75)), verbose=0)
+    np.testing.assert_allclose(one["probabilities"], expected, atol=1e-5)
+    big = tf.constant([_encode(small, "PNG"), _encode(_pixels(300, 300), "PNG")])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"image of 300x300 pixels exceeds the limit of 89999 pixels"
+    ):
+        served.signatures["serve_image_bytes"](image_bytes=big)
