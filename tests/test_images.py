@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import data, export, preprocessing
+from keras_inception import data, export, predict, preprocessing
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -209,3 +209,51 @@ def test_saved_model_empty_batches_and_pixel_limit(tiny_v3, tmp_path, monkeypatc
         tf.errors.InvalidArgumentError, match=r"image of 300x300 pixels exceeds the limit of 89999 pixels"
     ):
         served.signatures["serve_image_bytes"](image_bytes=big)
+
+
+# ---------------------------------------------------------------- 5. classify
+
+
+def test_classify_batches_skips_bad_files_and_keeps_order(tiny_v3, tmp_path, monkeypatch):
+    good = []
+    for i, (fmt, shape) in enumerate([("PNG", (90, 80)), ("JPEG", (75, 75)), ("BMP", (60, 130))]):
+        path = str(tmp_path / f"{i}.{fmt.lower()}")
+        Image.fromarray(_pixels(*shape, seed=i)).save(path, fmt)
+        good.append(path)
+    corrupt, missing = str(tmp_path / "3-corrupt.jpg"), str(tmp_path / "missing.jpg")
+    with open(corrupt, "wb") as f:
+        f.write(_encode(_pixels(64, 64), "JPEG")[:200])
+    (tmp_path / "notes.txt").write_text("not an image, and not an image name")
+
+    calls = []
+    predict_fn = tiny_v3.predict
+    monkeypatch.setattr(tiny_v3, "predict", lambda x, **kw: calls.append(len(x)) or predict_fn(x, **kw))
+    results, failures = predict.classify(
+        tiny_v3, [good[0], corrupt, good[1], missing, good[2]], batch_size=2, top=2
+    )
+    assert calls == [2, 1]  # batched, not one predict per image
+    assert [p for p, _ in results] == good
+    assert failures == [(corrupt, "corrupt image (Invalid JPEG data, size 200)"), (missing, "no such file")]
+    for (_, top), path in zip(results, good, strict=True):
+        single = predict_fn(
+            preprocessing.eval_transform(preprocessing.load_image(path), (75, 75))[None], verbose=0
+        )[0]
+        best = np.argsort(-single)[:2]
+        assert [name for name, _ in top] == [str(i) for i in best]
+        np.testing.assert_allclose([score for _, score in top], single[best], atol=1e-5)
+
+    from_dir, dir_failures = predict.classify(tiny_v3, [str(tmp_path)], top=1, class_names=["x", "y", "z"])
+    assert [p for p, _ in from_dir] == good
+    assert dir_failures == [(corrupt, "corrupt image (Invalid JPEG data, size 200)")]
+    assert from_dir[0][1][0][0] in ("x", "y", "z")
+
+
+@pytest.mark.parametrize("classes, first", [(1000, "goldfish"), (1001, "background"), (4, "1")])
+def test_classify_names_imagenet_outputs(classes, first, tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(classes)])
+    bias = np.zeros(classes, np.float32)
+    bias[0 if classes == 1001 else 1] = 1.0
+    model.layers[-1].set_weights([np.zeros((192, classes), np.float32), bias])
+    Image.fromarray(_pixels(8, 8)).save(tmp_path / "a.png")
+    results, failures = predict.classify(model, [str(tmp_path / "a.png")], top=1)
+    assert failures == [] and results[0][1] == [(first, 1.0)]
