@@ -29,6 +29,7 @@ class Source:
     size: int | None  # examples, when known
     skipped: list[str] = dataclasses.field(default_factory=list)  # unreadable files
     files: list[tuple[str, int]] | None = None  # (path, label), for folders
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # skipped file -> why
 
     @property
     def num_classes(self) -> int:
@@ -38,20 +39,51 @@ class Source:
 # ---------------------------------------------------------------- sources
 
 
-def _check_decodable(files: list[str]) -> set[str]:
-    """The files TensorFlow can decode as images (one parallel decode pass)."""
-    paths = tf.data.Dataset.from_tensor_slices(files)
-    decoded = paths.map(
-        lambda p: (p, tf.shape(preprocessing.decode_image(tf.io.read_file(p)))),
-        num_parallel_calls=AUTOTUNE,
-    ).ignore_errors()
-    return {p.decode() for p, _ in decoded.as_numpy_iterator()}
+def _class_files(folder: str) -> list[str]:
+    """Every file under ``folder``, subfolders included, sorted; hidden ones left out."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(os.path.join(root, f) for f in sorted(names) if not f.startswith("."))
+    return files
 
 
-def image_folder(directory: str, on_error: str = "skip", class_names: Sequence[str] | None = None) -> Source:
-    """One subfolder per class. JPEG, PNG (alpha dropped), GIF, BMP; grayscale and CMYK
-    become RGB. Unreadable files are found up front: skipped and listed in
-    ``Source.skipped`` (``on_error="skip"``), or a ``ValueError`` naming them (``"raise"``)."""
+def _check_decodable(files: list[str], max_pixels: int | None = None) -> set[str]:
+    """The files TensorFlow can decode as images within the pixel limit (one parallel pass).
+
+    Paths go to TensorFlow as bytes, so names that are not valid UTF-8 are read too.
+    """
+
+    def decode(path):
+        data = preprocessing.check_pixels(tf.io.read_file(path), max_pixels)
+        return path, tf.shape(preprocessing.decode_image(data))
+
+    paths = tf.data.Dataset.from_tensor_slices([os.fsencode(f) for f in files])
+    decoded = paths.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors()
+    return {os.fsdecode(p) for p, _ in decoded.as_numpy_iterator()}
+
+
+def _why_unreadable(path: str, max_pixels: int | None) -> str:
+    """load_image's one-line reason for a file the up-front check refused."""
+    try:
+        preprocessing.load_image(path, max_pixels)
+    except ValueError as error:
+        return str(error).removeprefix(f"cannot read image {path}: ")
+    return "could not be decoded"
+
+
+def image_folder(
+    directory: str,
+    on_error: str = "skip",
+    class_names: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+) -> Source:
+    """One subfolder per class (at least two), read recursively. JPEG, PNG (alpha dropped),
+    GIF, BMP; grayscale and CMYK become RGB. Unreadable files (not images, corrupt, over
+    ``max_pixels``, see :func:`preprocessing.pixel_limit`) are found up front: skipped and
+    listed in ``Source.skipped`` with their reasons in ``Source.reasons``
+    (``on_error="skip"``), or a ``ValueError`` naming them (``"raise"``). A class with no
+    readable image is a ``ValueError``."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     if not os.path.isdir(directory):
@@ -61,47 +93,63 @@ def image_folder(directory: str, on_error: str = "skip", class_names: Sequence[s
     )
     if not names:
         raise ValueError(f"{directory} has no class subfolders (expected one folder per class)")
+    if len(names) == 1:
+        raise ValueError(
+            f"{directory} has only one class folder ({names[0]!r}): a classifier needs at least two classes"
+        )
     files, labels = [], []
     for label, name in enumerate(names):
-        folder = os.path.join(directory, name)
-        for f in sorted(os.listdir(folder)):
-            if not f.startswith("."):
-                files.append(os.path.join(folder, f))
-                labels.append(label)
-    good = _check_decodable(files) if files else set()
+        found = _class_files(os.path.join(directory, name))
+        files += found
+        labels += [label] * len(found)
+    good = _check_decodable(files, max_pixels) if files else set()
     skipped = [f for f in files if f not in good]
+    reasons = {f: _why_unreadable(f, max_pixels) for f in skipped}
     if skipped and on_error == "raise":
-        raise ValueError(f"{len(skipped)} unreadable files in {directory}: {skipped[:5]}")
+        shown = "; ".join(f"{os.path.relpath(f, directory)}: {reasons[f]}" for f in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise ValueError(f"{len(skipped)} unreadable files in {directory}: {shown}{more}")
     kept = [(f, y) for f, y in zip(files, labels, strict=True) if f in good]
     if not kept:
         raise ValueError(f"no readable images in {directory}")
-    return _from_files(kept, names, skipped)
+    present = {y for _, y in kept}
+    empty = [name for label, name in enumerate(names) if label not in present]
+    if empty:
+        raise ValueError(f"no readable image in class folder(s) {empty} of {directory}")
+    return _from_files(kept, names, skipped, reasons)
 
 
-def _from_files(files: list[tuple[str, int]], names: list[str], skipped: list[str]) -> Source:
-    paths = [f for f, _ in files]
+def _from_files(
+    files: list[tuple[str, int]], names: list[str], skipped: list[str], reasons: dict[str, str]
+) -> Source:
+    paths = [os.fsencode(f) for f, _ in files]
     labels = [y for _, y in files]
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         lambda p, y: (preprocessing.decode_image(tf.io.read_file(p)), tf.cast(y, tf.int64)),
         num_parallel_calls=AUTOTUNE,
     )
-    return Source(dataset, names, len(files), skipped, files)
+    return Source(dataset, names, len(files), skipped, files, reasons)
 
 
 def split_folder(
-    directory: str, validation_split: float, seed: int = 0, on_error: str = "skip"
+    directory: str,
+    validation_split: float,
+    seed: int = 0,
+    on_error: str = "skip",
+    max_pixels: int | None = None,
 ) -> tuple[Source, Source]:
     """Train and validation sources from one image folder: a seeded split per file, in
     shuffled order (so class-sorted folders need no large shuffle buffer)."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
-    full = image_folder(directory, on_error)
+    full = image_folder(directory, on_error, max_pixels=max_pixels)
     order = np.random.default_rng(seed).permutation(full.size)
     cut = max(1, round(full.size * validation_split))
     if cut >= full.size:
         raise ValueError(f"{full.size} images are too few to hold out {validation_split:.0%} for validation")
     pick = [full.files[i] for i in order[cut:]], [full.files[i] for i in order[:cut]]
-    return _from_files(pick[0], full.class_names, full.skipped), _from_files(pick[1], full.class_names, [])
+    train = _from_files(pick[0], full.class_names, full.skipped, full.reasons)
+    return train, _from_files(pick[1], full.class_names, [], {})
 
 
 TFRECORD_FEATURES = {

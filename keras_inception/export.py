@@ -89,7 +89,10 @@ def export_saved_model(
         ``serve_image_bytes``: ``image_bytes``, a string batch of JPEG/PNG files (what
         TF Serving's REST API delivers from ``{"b64": ...}``).
     Both apply slim's evaluation transform inside and return ``probabilities`` (the
-    model's output) and ``top_k_classes`` / ``top_k_names`` / ``top_k_scores``.
+    model's output) and ``top_k_classes`` / ``top_k_names`` / ``top_k_scores``; an empty
+    batch gives empty results. ``serve_image_bytes`` refuses an image over the pixel limit
+    (:func:`preprocessing.pixel_limit` when exporting) from its header, before decoding,
+    with an ``InvalidArgumentError`` naming its size.
     """
     size = input_size(model)
     classes = model.output_shape[-1]
@@ -97,8 +100,14 @@ def export_saved_model(
     k = min(top_k, classes)
 
     def respond(images):
-        """``images`` already sized and in [-1, 1] -> the model's output and its top k."""
-        outputs = model(images, training=False)
+        """``images`` already sized and in [-1, 1] -> the model's output and its top k.
+
+        An empty batch runs the model on one blank image and returns none of its rows
+        (convolutions refuse a batch of zero).
+        """
+        count = tf.shape(images)[0]
+        images = tf.cond(count > 0, lambda: images, lambda: tf.zeros([1, *size, 3], images.dtype))
+        outputs = model(images, training=False)[:count]
         top = tf.math.top_k(outputs, k=k)
         return {
             "probabilities": outputs,
@@ -110,9 +119,16 @@ def export_saved_model(
     def from_pixels(images):
         return respond(preprocessing.eval_transform(images, size))
 
+    limit = preprocessing.pixel_limit()
+
     def from_bytes(image_bytes):
+        def one(data):  # the pixel limit is checked from the header, before decoding
+            return preprocessing.eval_transform(
+                preprocessing.decode_image(preprocessing.check_pixels(data, limit)), size
+            )
+
         images = tf.map_fn(
-            lambda data: preprocessing.eval_transform(preprocessing.decode_image(data), size),
+            one,
             image_bytes,
             fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
         )

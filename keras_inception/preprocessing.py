@@ -8,16 +8,94 @@ convention); the output is float32 in [-1, 1], what every slim checkpoint expect
 
 from __future__ import annotations
 
+import os
+import re
+
 import tensorflow as tf
 
 from keras_inception.imagenet import preprocess_input
 
 EVAL_CENTRAL_FRACTION = 0.875
+MAX_PIXELS = 50_000_000  # images larger than this (width x height) are refused before decoding
+MAX_PIXELS_ENV = "KERAS_INCEPTION_MAX_PIXELS"
 
 
 def to_signed_unit(x: tf.Tensor) -> tf.Tensor:
     """Floats in [0, 1] -> [-1, 1], slim's ``(x - 0.5) * 2`` (the one place the rescale lives)."""
     return (x - 0.5) * 2.0
+
+
+def pixel_limit(limit: int | None = None) -> int:
+    """The pixel limit: ``limit`` if given, else ``$KERAS_INCEPTION_MAX_PIXELS``, else ``MAX_PIXELS``."""
+    if limit is not None:
+        return int(limit)
+    return int(os.environ.get(MAX_PIXELS_ENV) or MAX_PIXELS)
+
+
+def image_format(data: tf.Tensor) -> tf.Tensor:
+    """``"jpeg"``, ``"png"``, ``"gif"``, ``"bmp"`` or ``""`` (unknown), from the magic bytes."""
+    magic = tf.strings.substr(data, 0, 4)
+    formats = [
+        (tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff", "jpeg"),
+        (magic == b"\x89PNG", "png"),
+        (tf.strings.substr(magic, 0, 3) == b"GIF", "gif"),
+        (tf.strings.substr(magic, 0, 2) == b"BM", "bmp"),
+    ]
+    kind = tf.constant("")
+    for match, name in reversed(formats):
+        kind = tf.where(match, name, kind)
+    return kind
+
+
+def _header_ints(data: tf.Tensor, offset: int, dtype: tf.DType, little_endian: bool) -> tf.Tensor:
+    """Two integers at ``offset`` of an encoded file (zeros when the file is shorter)."""
+    nbytes = 2 * dtype.size
+    padded = tf.strings.substr(tf.strings.join([data, b"\0" * (offset + nbytes)]), offset, nbytes)
+    return tf.ensure_shape(
+        tf.cast(tf.io.decode_raw(padded, dtype, little_endian=little_endian), tf.int64), [2]
+    )
+
+
+def encoded_shape(data: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` (int64) of encoded JPEG / PNG / GIF / BMP bytes, read from the
+    header without decoding; ``[0, 0]`` for other data (left to the decoder to refuse)."""
+    kind = image_format(data)
+
+    def jpeg():
+        return tf.ensure_shape(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64), [2])
+
+    def png():  # IHDR: big-endian width, height at byte 16
+        return tf.reverse(_header_ints(data, 16, tf.int32, little_endian=False), [0])
+
+    def gif():  # logical screen: little-endian uint16 width, height at byte 6
+        return tf.reverse(_header_ints(data, 6, tf.uint16, little_endian=True), [0])
+
+    def bmp():  # BITMAPINFOHEADER: little-endian int32 width, height (negative: top-down) at byte 18
+        return tf.abs(tf.reverse(_header_ints(data, 18, tf.int32, little_endian=True), [0]))
+
+    branches = {"jpeg": jpeg, "png": png, "gif": gif, "bmp": bmp}
+    shape = tf.zeros([2], tf.int64)
+    for name, branch in branches.items():
+        shape = tf.cond(tf.equal(kind, name), branch, lambda s=shape: s)
+    return shape
+
+
+def check_pixels(data: tf.Tensor, limit: int | None = None) -> tf.Tensor:
+    """``data`` unchanged, after asserting (``InvalidArgumentError``) that the image it
+    encodes has at most ``limit`` pixels; for use inside tf.data and serving graphs."""
+    limit = pixel_limit(limit)
+    height, width = tf.unstack(encoded_shape(data))
+    assertion = tf.debugging.Assert(
+        height * width <= limit,
+        [
+            tf.strings.format(
+                "image of {}x{} pixels exceeds the limit of {} pixels (" + MAX_PIXELS_ENV + ")",
+                (width, height, limit),
+            )
+        ],
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(data)
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
@@ -31,12 +109,56 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def load_image(path: str) -> tf.Tensor:
-    """Read and decode an image file to uint8 ``(H, W, 3)`` RGB."""
-    try:
-        return decode_image(tf.io.read_file(path))
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        raise ValueError(f"cannot read image {path}: {error.message}") from None
+def _tf_message(error: tf.errors.OpError) -> str:
+    """TensorFlow's message without ``{{function_node ...}}`` and ``[Op:...]`` decorations."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", message, flags=re.S).strip()
+
+
+def _local_problem(path: str) -> str | None:
+    """Why a local ``path`` cannot be read, or None (remote paths are left to TensorFlow)."""
+    if "://" in path:
+        return None
+    if not os.path.exists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    if os.path.getsize(path) == 0:
+        return "empty file"
+    return None
+
+
+def load_image(path: str | bytes | os.PathLike, max_pixels: int | None = None) -> tf.Tensor:
+    """Read and decode an image file to uint8 ``(H, W, 3)`` RGB.
+
+    Images over the pixel limit (see :func:`pixel_limit`) are refused from their header,
+    before decoding. Every failure is a one-line ``ValueError``:
+    ``cannot read image PATH: REASON``.
+    """
+    name = os.fsdecode(path)
+    limit = pixel_limit(max_pixels)
+    reason = _local_problem(name)
+    if reason is None:
+        try:
+            data = tf.io.read_file(os.fsencode(name))
+            reason = _header_problem(data, limit)
+            if reason is None:
+                return decode_image(data)
+        except tf.errors.OpError as error:
+            reason = f"corrupt image ({_tf_message(error)})"
+    raise ValueError(f"cannot read image {name}: {reason}")
+
+
+def _header_problem(data: tf.Tensor, limit: int) -> str | None:
+    """Why encoded ``data`` is refused before decoding (unknown format, too many pixels), or None."""
+    if not image_format(data).numpy():
+        return "not an image (unknown format)"
+    height, width = (int(v) for v in encoded_shape(data))
+    if height * width > limit:
+        return f"{width}x{height} pixels exceeds the limit of {limit} pixels ({MAX_PIXELS_ENV})"
+    return None
 
 
 def eval_transform(
@@ -51,11 +173,10 @@ def eval_transform(
     height, width = (size, size) if isinstance(size, int) else size
     images = tf.convert_to_tensor(images)
     single = images.shape.rank == 3
-    x = tf.cast(images, tf.float32) / 255.0
-    if single:
-        x = x[tf.newaxis]
+    x = images[tf.newaxis] if single else images
     if central_fraction and central_fraction < 1.0:
-        x = tf.image.central_crop(x, central_fraction)
+        x = tf.image.central_crop(x, central_fraction)  # on the input dtype: a large image stays uint8
+    x = tf.cast(x, tf.float32) / 255.0
     x = tf.raw_ops.ResizeBilinear(
         images=x, size=[height, width], align_corners=False, half_pixel_centers=False
     )
@@ -135,12 +256,18 @@ TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}
 
 
 __all__ = [
+    "MAX_PIXELS",
+    "MAX_PIXELS_ENV",
     "TRAIN_TRANSFORMS",
+    "check_pixels",
     "decode_image",
     "distort_color",
+    "encoded_shape",
     "eval_transform",
     "flip_transform",
+    "image_format",
     "load_image",
+    "pixel_limit",
     "preprocess_input",
     "train_transform",
 ]

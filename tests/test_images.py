@@ -1,0 +1,259 @@
+"""Reading images safely: clear errors, a pixel limit from the header, folders, empty batches, classify."""
+
+import io
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_inception as ki
+from keras_inception import data, export, predict, preprocessing
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt)
+    return out.getvalue()
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _claiming(fmt: str, width: int, height: int) -> bytes:
+    """A small real file whose header claims ``width`` x ``height`` (too big to decode here)."""
+    encoded = bytearray(_encode(_pixels(8, 8), fmt))
+    if fmt == "JPEG":
+        sof = encoded.index(b"\xff\xc0")
+        encoded[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    elif fmt == "PNG":
+        encoded[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    elif fmt == "GIF":
+        encoded[6:10] = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    else:  # BMP
+        encoded[18:26] = width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    return bytes(encoded)
+
+
+# ---------------------------------------------------------------- 1. load_image errors
+
+
+def test_load_image_errors_are_one_line_without_tensorflow_internals(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "truncated.jpg").write_bytes(_encode(_pixels(64, 64), "JPEG")[:200])
+    (tmp_path / "truncated.png").write_bytes(_encode(_pixels(64, 64), "PNG")[:100])
+    (tmp_path / "folder.jpg").mkdir()
+    expected = {
+        "missing.jpg": "no such file",
+        "folder.jpg": "is a directory",
+        "notes.txt": "not an image (unknown format)",
+        "empty.jpg": "empty file",
+        "truncated.jpg": "corrupt image (Invalid JPEG data, size 200)",
+        "truncated.png": "corrupt image (Invalid PNG data, size 100)",
+    }
+    for name, reason in expected.items():
+        path = str(tmp_path / name)
+        with pytest.raises(ValueError) as caught:
+            preprocessing.load_image(path)
+        assert str(caught.value) == f"cannot read image {path}: {reason}"
+
+
+# ---------------------------------------------------------------- 2. pixel limit
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_encoded_shape_reads_the_header(fmt):
+    encoded = _encode(_pixels(30, 50), fmt)
+    assert preprocessing.image_format(encoded).numpy().decode() == fmt.lower()
+    np.testing.assert_array_equal(preprocessing.encoded_shape(encoded), [30, 50])
+    in_graph = tf.data.Dataset.from_tensors(encoded).map(preprocessing.encoded_shape)
+    np.testing.assert_array_equal(next(iter(in_graph)), [30, 50])
+    np.testing.assert_array_equal(preprocessing.encoded_shape(b"not an image"), [0, 0])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_default_limit_refuses_a_huge_header_before_decoding(fmt, tmp_path):
+    path = tmp_path / f"huge.{fmt.lower()}"
+    path.write_bytes(_claiming(fmt, 12000, 12000))
+    with pytest.raises(ValueError) as caught:
+        preprocessing.load_image(str(path))
+    assert str(caught.value) == (
+        f"cannot read image {path}: 12000x12000 pixels exceeds the limit of 50000000 pixels "
+        "(KERAS_INCEPTION_MAX_PIXELS)"
+    )
+
+
+def test_pixel_limit_argument_env_and_constant(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(_encode(_pixels(300, 300), "PNG"))
+    assert preprocessing.load_image(str(path), max_pixels=300 * 300).shape == (300, 300, 3)
+    with pytest.raises(ValueError, match=r"big.png: 300x300 pixels exceeds the limit of 89999 pixels"):
+        preprocessing.load_image(str(path), max_pixels=300 * 300 - 1)
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", "1000")
+    with pytest.raises(ValueError, match="limit of 1000 pixels"):
+        preprocessing.load_image(str(path))
+    monkeypatch.delenv("KERAS_INCEPTION_MAX_PIXELS")
+    monkeypatch.setattr(preprocessing, "MAX_PIXELS", 2000)
+    with pytest.raises(ValueError, match="limit of 2000 pixels"):
+        preprocessing.load_image(str(path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 300x300 pixels exceeds the limit"):
+        preprocessing.check_pixels(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((1, 40, 60), (33, 47)), ((2, 300, 300), (299, 299)), ((1, 37, 513), (75, 75))]
+)
+def test_eval_transform_unchanged_by_cropping_before_the_cast(shape, size):
+    """Bit-identical to the former order: cast to float, central crop 0.875, TF1 bilinear resize."""
+    images = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    x = tf.image.central_crop(tf.cast(images, tf.float32) / 255.0, 0.875)
+    x = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=False, half_pixel_centers=False)
+    former = ((x - 0.5) * 2.0).numpy()
+    np.testing.assert_array_equal(preprocessing.eval_transform(images, size).numpy(), former)
+    np.testing.assert_array_equal(preprocessing.eval_transform(images[0], size).numpy(), former[0])
+
+
+def test_eval_transform_casts_the_crop_not_the_whole_image():
+    spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
+    graph = tf.function(lambda x: preprocessing.eval_transform(x, 75)).get_concrete_function(spec).graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast" and op.inputs[0].dtype == tf.uint8]
+    assert [op.inputs[0].op.type for op in casts] == ["Slice"]
+
+
+# ---------------------------------------------------------------- 4. image folders
+
+
+def _class_folder(root, name: str, count: int, seed: int = 0) -> None:
+    os.makedirs(root / name, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(_pixels(20, 24, seed + i)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_skips_images_over_the_limit_and_says_why(tmp_path, monkeypatch):
+    _class_folder(tmp_path, "a", 2)
+    _class_folder(tmp_path, "b", 2)
+    Image.fromarray(_pixels(300, 300)).save(tmp_path / "b" / "big.png")
+    assert data.image_folder(str(tmp_path)).size == 5
+    source = data.image_folder(str(tmp_path), max_pixels=300 * 300 - 1)
+    big = str(tmp_path / "b" / "big.png")
+    assert source.size == 4 and source.skipped == [big]
+    assert source.reasons == {
+        big: "300x300 pixels exceeds the limit of 89999 pixels (KERAS_INCEPTION_MAX_PIXELS)"
+    }
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))
+    with pytest.raises(ValueError, match=r"1 unreadable files in .*: b/big.png: 300x300 pixels exceeds"):
+        data.image_folder(str(tmp_path), on_error="raise")
+
+
+def test_image_folder_nested_odd_names_and_bad_layouts(tmp_path):
+    _class_folder(tmp_path, "a", 2)
+    _class_folder(tmp_path, "b", 1)
+    _class_folder(tmp_path / "b", "nested", 2, seed=5)  # b/nested/0.png, b/nested/1.png
+    odd = os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.png")  # not valid UTF-8
+    Image.fromarray(_pixels(20, 24, 9)).save(odd)
+    source = data.image_folder(str(tmp_path))
+    files = [os.path.relpath(f, tmp_path) for f, _ in source.files]
+    assert files == [
+        "a/0.png",
+        "a/1.png",
+        os.fsdecode(b"a/caf\xe9.png"),
+        "b/0.png",
+        "b/nested/0.png",
+        "b/nested/1.png",
+    ]
+    assert [int(y) for _, y in source.dataset] == [0, 0, 0, 1, 1, 1]
+    assert source.skipped == []
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no readable image in class folder\(s\) \['c'\]"):
+        data.image_folder(str(tmp_path))
+
+    only = tmp_path / "only"
+    _class_folder(only, "cats", 2)
+    with pytest.raises(
+        ValueError, match=r"only one class folder \('cats'\): a classifier needs at least two"
+    ):
+        data.image_folder(str(only))
+
+
+# ---------------------------------------------------------------- 2-3. serving
+
+
+@pytest.fixture(scope="module")
+def tiny_v3():
+    keras.utils.set_random_seed(0)
+    return ki.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=3, depths=(1, 1, 1))
+
+
+def test_saved_model_empty_batches_and_pixel_limit(tiny_v3, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))  # read when exporting
+    served = tf.saved_model.load(export.export_saved_model(tiny_v3, str(tmp_path / "serving"), top_k=2))
+    monkeypatch.delenv("KERAS_INCEPTION_MAX_PIXELS")
+    pixels = served.signatures["serving_default"](images=tf.zeros((0, 80, 90, 3), tf.uint8))
+    encoded = served.signatures["serve_image_bytes"](image_bytes=tf.constant([], tf.string))
+    for out in (pixels, encoded):
+        assert out["probabilities"].shape == (0, 3)
+        assert out["top_k_classes"].shape == out["top_k_names"].shape == out["top_k_scores"].shape == (0, 2)
+
+    small = _pixels(90, 80)
+    one = served.signatures["serve_image_bytes"](image_bytes=tf.constant([_encode(small, "PNG")]))
+    expected = tiny_v3.predict(preprocessing.eval_transform(small[np.newaxis], (75, 75)), verbose=0)
+    np.testing.assert_allclose(one["probabilities"], expected, atol=1e-5)
+    big = tf.constant([_encode(small, "PNG"), _encode(_pixels(300, 300), "PNG")])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"image of 300x300 pixels exceeds the limit of 89999 pixels"
+    ):
+        served.signatures["serve_image_bytes"](image_bytes=big)
+
+
+# ---------------------------------------------------------------- 5. classify
+
+
+def test_classify_batches_skips_bad_files_and_keeps_order(tiny_v3, tmp_path, monkeypatch):
+    good = []
+    for i, (fmt, shape) in enumerate([("PNG", (90, 80)), ("JPEG", (75, 75)), ("BMP", (60, 130))]):
+        path = str(tmp_path / f"{i}.{fmt.lower()}")
+        Image.fromarray(_pixels(*shape, seed=i)).save(path, fmt)
+        good.append(path)
+    corrupt, missing = str(tmp_path / "3-corrupt.jpg"), str(tmp_path / "missing.jpg")
+    with open(corrupt, "wb") as f:
+        f.write(_encode(_pixels(64, 64), "JPEG")[:200])
+    (tmp_path / "notes.txt").write_text("not an image, and not an image name")
+
+    calls = []
+    predict_fn = tiny_v3.predict
+    monkeypatch.setattr(tiny_v3, "predict", lambda x, **kw: calls.append(len(x)) or predict_fn(x, **kw))
+    results, failures = predict.classify(
+        tiny_v3, [good[0], corrupt, good[1], missing, good[2]], batch_size=2, top=2
+    )
+    assert calls == [2, 1]  # batched, not one predict per image
+    assert [p for p, _ in results] == good
+    assert failures == [(corrupt, "corrupt image (Invalid JPEG data, size 200)"), (missing, "no such file")]
+    for (_, top), path in zip(results, good, strict=True):
+        single = predict_fn(
+            preprocessing.eval_transform(preprocessing.load_image(path), (75, 75))[None], verbose=0
+        )[0]
+        best = np.argsort(-single)[:2]
+        assert [name for name, _ in top] == [str(i) for i in best]
+        np.testing.assert_allclose([score for _, score in top], single[best], atol=1e-5)
+
+    from_dir, dir_failures = predict.classify(tiny_v3, [str(tmp_path)], top=1, class_names=["x", "y", "z"])
+    assert [p for p, _ in from_dir] == good
+    assert dir_failures == [(corrupt, "corrupt image (Invalid JPEG data, size 200)")]
+    assert from_dir[0][1][0][0] in ("x", "y", "z")
+
+
+@pytest.mark.parametrize("classes, first", [(1000, "goldfish"), (1001, "background"), (4, "1")])
+def test_classify_names_imagenet_outputs(classes, first, tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(classes)])
+    bias = np.zeros(classes, np.float32)
+    bias[0 if classes == 1001 else 1] = 1.0
+    model.layers[-1].set_weights([np.zeros((192, classes), np.float32), bias])
+    Image.fromarray(_pixels(8, 8)).save(tmp_path / "a.png")
+    results, failures = predict.classify(model, [str(tmp_path / "a.png")], top=1)
+    assert failures == [] and results[0][1] == [(first, 1.0)]
