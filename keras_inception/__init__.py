@@ -6,7 +6,14 @@ preds = model.predict(ki.preprocess_input(images))
 ki.decode_predictions(preds, top=5)
 """
 
-from keras_inception import preprocessing, pretrained, registry
+import contextlib as _contextlib
+
+from keras_inception import startup as _startup
+
+with _startup.quiet_tensorflow() if _startup.is_command() else _contextlib.nullcontext():
+    import keras  # noqa: F401 - TensorFlow's start-up happens here
+
+from keras_inception import preprocessing, pretrained, registry  # noqa: E402
 from keras_inception.imagenet import decode_predictions, preprocess_input
 from keras_inception.layers import ScaleSum
 from keras_inception.models import (

@@ -148,7 +148,7 @@ def cmd_evaluate(args) -> int:
     results = []
     for scheme in args.crops:
         result = evaluation.evaluate(
-            loaded, source.dataset, source.class_names, scheme, size, args.limit, total=source.size
+            loaded, source.dataset, source.class_names, scheme, size, args.limit, total=source.num_examples
         )
         results.append(result)
         print(f"| {scheme} | {result.images} | {result.top1_error:.2f} | {result.top5_error:.2f} |")
@@ -170,9 +170,7 @@ def cmd_benchmark(args) -> int:
             "the benchmark is a tool of the source repository (tools/benchmark.py); "
             "run it from a clone: pip install -e . && keras-inception benchmark"
         )
-    sys.argv = [script, *args.options]
-    runpy.run_path(script, run_name="__main__")
-    return 0
+    return runpy.run_path(script)["main"](args.options)
 
 
 def _data_options(p: argparse.ArgumentParser, tfrecords: bool = True) -> None:
@@ -323,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "benchmark":
         args.options = extra  # tools/benchmark.py parses its own options
-    elif extra:
+    elif args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
+        args.output = extra.pop()  # OUTPUT after the options: argparse leaves it over
+    if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)

@@ -26,7 +26,7 @@ class Source:
 
     dataset: tf.data.Dataset  # (uint8 [H, W, 3], int64 label[, bbox [N, 4]])
     class_names: list[str]
-    size: int | None  # examples, when known
+    num_examples: int | None  # when known
     skipped: list[str] = dataclasses.field(default_factory=list)  # unreadable files
     files: list[tuple[str, int]] | None = None  # (path, label), for folders
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # skipped file -> why
@@ -143,10 +143,12 @@ def split_folder(
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
     full = image_folder(directory, on_error, max_pixels=max_pixels)
-    order = np.random.default_rng(seed).permutation(full.size)
-    cut = max(1, round(full.size * validation_split))
-    if cut >= full.size:
-        raise ValueError(f"{full.size} images are too few to hold out {validation_split:.0%} for validation")
+    order = np.random.default_rng(seed).permutation(full.num_examples)
+    cut = max(1, round(full.num_examples * validation_split))
+    if cut >= full.num_examples:
+        raise ValueError(
+            f"{full.num_examples} images are too few to hold out {validation_split:.0%} for validation"
+        )
     pick = [full.files[i] for i in order[cut:]], [full.files[i] for i in order[:cut]]
     train = _from_files(pick[0], full.class_names, full.skipped, full.reasons)
     return train, _from_files(pick[1], full.class_names, [], {})

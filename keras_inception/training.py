@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_inception import reporting
 from keras_inception.models.base import all_layers
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
@@ -264,7 +265,7 @@ def train_network(
             )
     if mixed_precision:
         keras.config.set_dtype_policy(f"mixed_{mixed_precision}")
-    steps = steps_per_epoch or (source.size // batch_size if source.size else None)
+    steps = steps_per_epoch or (source.num_examples // batch_size if source.num_examples else None)
     if not steps:
         raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
     builder = get(model_name)
@@ -497,8 +498,8 @@ def finetune(
         run(fine_tune_learning_rate, epochs, epochs + fine_tune_epochs)
     summary = {
         "classes": train_src.class_names,
-        "train_images": train_src.size,
-        "validation_images": val_src.size,
+        "train_images": train_src.num_examples,
+        "validation_images": val_src.num_examples,
         "skipped_files": train_src.skipped + val_src.skipped,
         "history": history,
     }
@@ -510,26 +511,12 @@ def finetune(
 
 def plot_history(history: dict[str, list], path: str) -> str | None:
     """Loss and top-1 curves as a PNG (needs matplotlib, the ``plot`` extra)."""
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no curves plot (pip install 'keras-inception[plot]')")
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", "top1"), strict=True):
-        for prefix in ("", "val_"):
-            if prefix + key in history:
-                ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key], label=prefix + key)
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    def series(key: str) -> dict:
+        return {k: (range(1, len(history[k]) + 1), history[k]) for k in (key, f"val_{key}") if k in history}
+
+    panels = [reporting.Panel(key, "epoch", key, series(key)) for key in ("loss", "top1")]
+    return reporting.plot(path, panels)
 
 
 # ---------------------------------------------------------------- multi-worker

@@ -137,10 +137,10 @@ def test_image_folder_skips_images_over_the_limit_and_says_why(tmp_path, monkeyp
     _class_folder(tmp_path, "a", 2)
     _class_folder(tmp_path, "b", 2)
     Image.fromarray(_pixels(300, 300)).save(tmp_path / "b" / "big.png")
-    assert data.image_folder(str(tmp_path)).size == 5
+    assert data.image_folder(str(tmp_path)).num_examples == 5
     source = data.image_folder(str(tmp_path), max_pixels=300 * 300 - 1)
     big = str(tmp_path / "b" / "big.png")
-    assert source.size == 4 and source.skipped == [big]
+    assert source.num_examples == 4 and source.skipped == [big]
     assert source.reasons == {
         big: "300x300 pixels exceeds the limit of 89999 pixels (KERAS_INCEPTION_MAX_PIXELS)"
     }

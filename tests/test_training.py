@@ -48,7 +48,7 @@ def folder(tmp_path_factory):
 def test_image_folder_decodes_all_kinds_and_counts_the_broken(folder):
     source = data.image_folder(str(folder))
     assert source.class_names == ["blue", "red"]
-    assert source.size == 2 * 9
+    assert source.num_examples == 2 * 9
     assert sorted(os.path.basename(f) for f in source.skipped) == ["notes.txt", "truncated.jpg"]
     for image, label in source.dataset:
         assert image.dtype == tf.uint8 and image.shape[-1] == 3
@@ -268,6 +268,7 @@ def _cifar_folder(root, classes: list[str], per_class: int):
 
 
 @pytest.mark.skipif(not os.path.exists(CIFAR), reason="../shared/datasets/cifar10 not present")
+@pytest.mark.slow
 def test_short_finetune_on_cifar10_beats_chance(tmp_path):
     """No ImageNet weights can be had here, so the base is pretrained on five CIFAR-10
     classes first; fine-tuning then transfers it to the five others."""
@@ -378,6 +379,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a if k.startswith("arr_"))
 
 
+@pytest.mark.slow
 def test_two_workers_agree_and_equal_one_process(tmp_path):
     w0, w1, single = _run_job(tmp_path, "inference")
     assert _max_diff(w0, w1) == 0.0
@@ -386,13 +388,14 @@ def test_two_workers_agree_and_equal_one_process(tmp_path):
     assert w0["losses"][-1] != w0["losses"][0]  # it trained
 
 
+@pytest.mark.slow
 def test_two_workers_with_synchronized_batchnorm_stay_identical(tmp_path):
     w0, w1, single = _run_job(tmp_path, "sync")
     assert _max_diff(w0, w1) == 0.0
     assert w0["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)  # global batch statistics
 
 
-def test_cli_train_smoke(folder, tmp_path, capsys):
+def test_cli_train_writes_a_model_of_the_data_and_its_history(folder, tmp_path, capsys):
     out = str(tmp_path / "train")
     assert (
         cli.main(
@@ -420,8 +423,18 @@ def test_cli_train_smoke(folder, tmp_path, capsys):
         )
         == 0
     )
-    assert os.path.exists(os.path.join(out, "final.keras"))
-    assert "wrote" in capsys.readouterr().out
+    assert f"wrote {os.path.join(out, 'final.keras')}" in capsys.readouterr().out
+    model = keras.saving.load_model(os.path.join(out, "final.keras"))
+    assert model.output_shape == (None, 2) and model.input_shape == (
+        None,
+        75,
+        75,
+        3,
+    )  # the folder's 2 classes
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0]
+    assert np.isfinite(float(rows[0]["loss"]))
 
 
 def test_cli_evaluate_single_crops_and_ensembles(folder, tmp_path, capsys):

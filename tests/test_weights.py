@@ -52,11 +52,11 @@ def assert_equal_to_source(model, variables, scope, classes=1001):
     "family, version",
     [
         ("inception_v3", "V1"),
-        ("inception_v3", "V2"),
-        ("inception_v4", "V1"),
-        ("inception_resnet_v2", "V1"),
         ("inception_resnet_v2", "V2"),
-        ("inception_v4", "V2"),
+        pytest.param("inception_v3", "V2", marks=pytest.mark.slow),
+        pytest.param("inception_v4", "V1", marks=pytest.mark.slow),
+        pytest.param("inception_v4", "V2", marks=pytest.mark.slow),
+        pytest.param("inception_resnet_v2", "V1", marks=pytest.mark.slow),
     ],
 )
 def test_every_weight_equals_its_source(tmp_path, family, version):
@@ -212,6 +212,7 @@ def test_local_archive_and_cli_convert(v3_checkpoint, v3_variables, tmp_path, ca
     assert "checkpoint holds inception_v3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_convert_to_saved_model_versions(v3_checkpoint, tmp_path):
     import tensorflow as tf
 
@@ -227,16 +228,45 @@ def test_cli_convert_to_saved_model_versions(v3_checkpoint, tmp_path):
     assert served["top_k_names"].shape == (1, 5)
 
 
-def test_cli_predict_on_shipped_photos(v3_checkpoint, tmp_path, capsys):
+def test_cli_predict_batches_reports_bad_files_and_exits_1(v3_checkpoint, tmp_path, capsys):
     prefix, _ = v3_checkpoint
     h5 = str(tmp_path / "v3.weights.h5")
     ki.InceptionV3(weights=prefix).save_weights(h5)
-    images = os.path.join(os.path.dirname(ki.__file__), "data", "images")
-    paths = [os.path.join(images, f) for f in ("cat.png", "camera_grayscale.png", "rocket.jpg")]
-    assert cli.main(["predict", *paths, "--model", "inception_v3", "--weights", h5, "--top", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if not line.startswith("  ")] == [f"{p}:" for p in paths]
-    assert len(lines) == 3 * 4
-    assert (
-        cli.main(["predict", str(tmp_path / "missing.jpg"), "--model", "inception_v3", "--weights", h5]) == 2
-    )
+    photos = os.path.join(os.path.dirname(ki.__file__), "data", "images")
+    bad, missing = tmp_path / "bad.jpg", tmp_path / "missing.jpg"
+    bad.write_bytes(b"not a jpeg")
+    args = ["predict", photos, str(bad), str(missing), "--model", "inception_v3", "--weights", h5]
+    assert cli.main([*args, "--top", "3"]) == 1  # every readable image printed, then a non-zero exit
+    out, err = capsys.readouterr()
+    names = sorted(f for f in os.listdir(photos) if not f.endswith(".md"))
+    assert [line for line in out.splitlines() if not line.startswith("  ")] == [
+        f"{os.path.join(photos, f)}:" for f in names
+    ]
+    classes = {name for _, name in ki.imagenet.classes()}
+    scored = [line.split(maxsplit=1) for line in out.splitlines() if line.startswith("  ")]
+    assert len(scored) == 3 * len(names) and all(name in classes for _, name in scored)
+    assert err.splitlines() == [
+        f"cannot read image {bad}: not an image (unknown format)",
+        f"cannot read image {missing}: no such file",
+    ]
+
+
+def test_cli_convert_outputs_anywhere_known_suffixes_and_umask(v3_checkpoint, tmp_path, capsys):
+    prefix, mirror = v3_checkpoint
+    archive = str(mirror / V3_ARCHIVE)
+    out = tmp_path / "after_options.weights.h5"
+    assert cli.main(["convert", archive, "--model", "inception_v3", str(out), "--classes", "1000"]) == 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert cli.main(["convert", archive, "-o", str(tmp_path / "opt.keras")]) == 0
+    assert (tmp_path / "opt.keras").is_file()
+    capsys.readouterr()
+    assert cli.main(["convert", archive, str(tmp_path / "model.h5")]) == 2
+    assert "outputs are FILE.keras, FILE.weights.h5 or a SavedModel folder" in capsys.readouterr().err
+    assert not (tmp_path / "model.h5").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")] == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import export  # noqa: E402
+from keras_inception import export, reporting  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 
 PEERS = {
@@ -314,61 +314,74 @@ def write_report(
         "",
         "## Inference",
         "",
-        "| model | path | batch | images/s | GFLOP/s | share of fp32 matmul peak | logits cosine vs fp32 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *reporting.table(
+            [
+                "model",
+                "path",
+                "batch",
+                "images/s",
+                "GFLOP/s",
+                "share of fp32 matmul peak",
+                "logits cosine vs fp32",
+            ],
+            [
+                [
+                    r["model"],
+                    r["path"],
+                    r["batch"],
+                    f(r),
+                    f"{r['gflops']:.1f}",
+                    f"{r['gflops'] / peak['float32']:.0%}",
+                    f"{r['cosine']:.6f}",
+                ]
+                for r in inference
+            ],
+        ),
     ]
-    for r in inference:
-        lines.append(
-            f"| {r['model']} | {r['path']} | {r['batch']} | {f(r)} | {r['gflops']:.1f} | "
-            f"{r['gflops'] / peak['float32']:.0%} | {r['cosine']:.6f} |"
+
+    def against(path: str, base_path: str) -> list[tuple[dict, dict]]:
+        pairs = [
+            (r, find(inference, r["model"], base_path, r["batch"])) for r in inference if r["path"] == path
+        ]
+        return [(r, base) for r, base in pairs if base]
+
+    peers = against("keras.applications float32", "Keras float32")
+    if peers:
+        lines += ["", "### Ours against keras.applications (same run, float32)", ""]
+        lines += reporting.table(
+            ["model", "batch", "ours images/s", "keras.applications images/s", "ratio"],
+            [
+                [
+                    r["model"],
+                    r["batch"],
+                    f"{ours['median']:.2f}",
+                    f"{r['median']:.2f}",
+                    f"{ours['median'] / r['median']:.2f}x",
+                ]
+                for r, ours in peers
+            ],
         )
-    ratios = []
-    for r in inference:
-        ours = find(inference, r["model"], "Keras float32", r["batch"])
-        if r["path"] == "keras.applications float32" and ours:
-            ratio = ours["median"] / r["median"]
-            ratios.append(
-                f"| {r['model']} | {r['batch']} | {ours['median']:.2f} | {r['median']:.2f} | {ratio:.2f}x |"
-            )
-    if ratios:
-        lines += [
-            "",
-            "### Ours against keras.applications (same run, float32)",
-            "",
-            "| model | batch | ours images/s | keras.applications images/s | ratio |",
-            "| --- | --- | --- | --- | --- |",
-            *ratios,
-        ]
-    bf = []
-    for r in inference:
-        base = find(inference, r["model"], "Keras float32", r["batch"])
-        if r["path"] == "Keras mixed_bfloat16" and base:
-            bf.append(
-                f"| {r['model']} | {r['batch']} | {r['median'] / base['median']:.2f}x | {r['cosine']:.6f} |"
-            )
-    if bf:
-        lines += [
-            "",
-            "### mixed_bfloat16 against float32",
-            "",
-            "| model | batch | speed-up | logits cosine |",
-            "| --- | --- | --- | --- |",
-            *bf,
-        ]
+    bf16 = against("Keras mixed_bfloat16", "Keras float32")
+    if bf16:
+        lines += ["", "### mixed_bfloat16 against float32", ""]
+        lines += reporting.table(
+            ["model", "batch", "speed-up", "logits cosine"],
+            [
+                [r["model"], r["batch"], f"{r['median'] / base['median']:.2f}x", f"{r['cosine']:.6f}"]
+                for r, base in bf16
+            ],
+        )
     if training:
-        lines += [
-            "",
-            "## Training (`train_on_batch`, RMSProp, float32)",
-            "",
-            "| model | batch | images/s | peak RSS (GB) |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['model']} | {r['batch']} | {f(r)} | {r['peak_rss_gb']:.1f} |"
-            if "error" not in r
-            else f"| {r['model']} | {r['batch']} | failed: {r['error']} | - |"
-            for r in training
-        ]
+        lines += ["", "## Training (`train_on_batch`, RMSProp, float32)", ""]
+        lines += reporting.table(
+            ["model", "batch", "images/s", "peak RSS (GB)"],
+            [
+                [r["model"], r["batch"], f(r), f"{r['peak_rss_gb']:.1f}"]
+                if "error" not in r
+                else [r["model"], r["batch"], f"failed: {r['error']}", "-"]
+                for r in training
+            ],
+        )
     if profile:
         lines += [
             "",
@@ -377,71 +390,65 @@ def write_report(
             "Each convolution timed alone on its own input shape, summed by kernel shape; "
             "'everything else' is the whole network's time minus the convolutions'.",
             "",
-            "| model | part | seconds per batch | share of the network's time | GFLOP/s |",
-            "| --- | --- | --- | --- | --- |",
         ]
-        lines += [
-            f"| {r['model']} | {r['part']} | {r['seconds']:.3f} | {r['share']:.0%} | {r['gflops']:.1f} |"
-            for r in profile
-        ]
+        lines += reporting.table(
+            ["model", "part", "seconds per batch", "share of the network's time", "GFLOP/s"],
+            [
+                [r["model"], r["part"], f"{r['seconds']:.3f}", f"{r['share']:.0%}", f"{r['gflops']:.1f}"]
+                for r in profile
+            ],
+        )
     if scaling:
-        lines += [
-            "",
-            "## Scaling (Keras float32)",
-            "",
-            "| model | input | batch | images/s | GFLOP/s |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['model']} | {r['size']} | {r['batch']} | {f(r)} | {r['gflops']:.1f} |" for r in scaling
-        ]
+        lines += ["", "## Scaling (Keras float32)", ""]
+        lines += reporting.table(
+            ["model", "input", "batch", "images/s", "GFLOP/s"],
+            [[r["model"], r["size"], r["batch"], f(r), f"{r['gflops']:.1f}"] for r in scaling],
+        )
         plot_scaling(
             scaling,
             os.path.join(os.path.dirname(args.output) or ".", "benchmark_scaling.png"),
             args.image_size,
         )
         lines += ["", "![scaling](benchmark_scaling.png)"]
-    with open(args.output, "w") as out:
-        out.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(args.output)[0] + ".json", "w") as out:
-        json.dump(
-            {
-                "machine": machine(),
-                "peak": peak,
-                "inference": inference,
-                "training": training,
-                "scaling": scaling,
-                "profile": list(profile),
-            },
-            out,
-            indent=1,
-        )
+    reporting.write_text(args.output, lines)
+    results = {
+        "machine": machine(),
+        "peak": peak,
+        "inference": inference,
+        "training": training,
+        "scaling": scaling,
+        "profile": list(profile),
+    }
+    reporting.write_text(os.path.splitext(args.output)[0] + ".json", [json.dumps(results, indent=1)])
     print(f"wrote {args.output}")
 
 
 def plot_scaling(rows: list[dict], path: str, size: int) -> None:
-    try:
-        import matplotlib
+    models = sorted({r["model"] for r in rows})
+    largest = max(r["batch"] for r in rows)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in sorted({r["model"] for r in rows}):
-        by_batch = [r for r in rows if r["model"] == name and r["size"] == size]
-        axes[0].plot([r["batch"] for r in by_batch], [r["median"] for r in by_batch], marker="o", label=name)
-        largest = max(r["batch"] for r in rows)
-        by_size = [r for r in rows if r["model"] == name and r["batch"] == largest]
-        axes[1].plot([r["size"] for r in by_size], [r["median"] for r in by_size], marker="o", label=name)
-    axes[0].set(xlabel=f"batch size ({size}x{size})", ylabel="images/s", xscale="log")
-    axes[1].set(xlabel="input size", ylabel="images/s")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def series(key: str, keep) -> dict:
+        picked = {m: [r for r in rows if r["model"] == m and keep(r)] for m in models}
+        return {m: ([r[key] for r in rs], [r["median"] for r in rs]) for m, rs in picked.items()}
+
+    reporting.plot(
+        path,
+        [
+            reporting.Panel(
+                "batch",
+                f"batch size ({size}x{size})",
+                "images/s",
+                series("batch", lambda r: r["size"] == size),
+                "log",
+            ),
+            reporting.Panel(
+                "input size",
+                f"input side (batch {largest})",
+                "images/s",
+                series("size", lambda r: r["batch"] == largest),
+            ),
+        ],
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import data, training  # noqa: E402
+from keras_inception import data, reporting, training  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
 
 OUT = "docs/reproduction"
@@ -85,7 +85,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
     """Train one configuration; evaluate every ``--eval-every`` steps."""
     keras.utils.set_random_seed(seed)
     train_src, val_src = open_data(args.data, 0)
-    builder, _ = get(name)
+    builder = get(name)
     strategy = training.get_strategy(args.strategy)
     size = args.image_size
     with strategy.scope():
@@ -93,7 +93,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
         # short run; 0.99 lets inference-mode evaluation see trained statistics.
         model = builder(input_shape=(size, size, 3), classes=train_src.num_classes, bn_momentum=0.99, **extra)
         recipe = training.Recipe(learning_rate=learning_rate or args.learning_rate, ema_momentum=None)
-        steps_per_epoch = max(1, train_src.size // args.batch_size)
+        steps_per_epoch = max(1, train_src.num_examples // args.batch_size)
         training.compile_recipe(model, recipe, steps_per_epoch)
     train = data.pipeline(train_src, args.batch_size, True, size, seed=seed, repeat=True, augmentation="flip")
     val = data.pipeline(
@@ -132,9 +132,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
 
 
 def save(args, result: dict, experiment: str, tag: str) -> None:
-    os.makedirs(os.path.join(args.output, experiment), exist_ok=True)
-    with open(os.path.join(args.output, experiment, f"{tag}.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    reporting.write_text(os.path.join(args.output, experiment, f"{tag}.json"), [json.dumps(result, indent=1)])
 
 
 def residual_speedup(args) -> None:
@@ -172,23 +170,14 @@ def _load(out: str, experiment: str) -> list[dict]:
 
 
 def _plot(runs: list[dict], x: str, y: str, path: str, title: str) -> None:
-    import matplotlib
+    def label(r: dict) -> str:
+        return f"{r['model']} seed {r['seed']}" + (f" scale {r['scale']}" if "scale" in r else "")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        label = f"{r['model']} seed {r['seed']}" + (f" scale {r['scale']}" if "scale" in r else "")
-        ax.plot(r[x][: len(r[y])], r[y], marker="o", markersize=3, label=label)
-    ax.set_xlabel({"steps": "training step", "wall_s": "training wall time (s)"}[x])
-    ax.set_ylabel(y.replace("_", " ") + " (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    xlabel = {"steps": "training step", "wall_s": "training wall time (s)"}[x]
+    series = {label(r): (r[x][: len(r[y])], r[y]) for r in runs}
+    reporting.plot(
+        path, [reporting.Panel(title, xlabel, y.replace("_", " ") + " (%)", series)], panel_width=6
+    )
 
 
 def _mean(values: list[float]) -> str:
@@ -256,10 +245,21 @@ def report(args) -> None:
             "width multiplier "
             f"{r0.get('width')}. Error on held-out images after each evaluation interval.",
             "",
-            "| pair | model | learning rate | depths | multiply-adds (M) | parameters | seeds | "
-            "final top-1 error % | final top-5 error % | best top-1 error % | wall time (s) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
+        header = [
+            "pair",
+            "model",
+            "learning rate",
+            "depths",
+            "multiply-adds (M)",
+            "parameters",
+            "seeds",
+            "final top-1 error %",
+            "final top-5 error %",
+            "best top-1 error %",
+            "wall time (s)",
+        ]
+        rows = []
         rates = sorted({r["learning_rate"] for r in speed}, reverse=True)
         plots = []
         for lr in rates:
@@ -283,7 +283,7 @@ def report(args) -> None:
                         _mean([min(r["top1_error"]) for r in runs]),
                         _mean([r["wall_s"][-1] for r in runs]),
                     ]
-                    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+                    rows.append(cells)
                 if chosen:
                     slug = f"{pair.replace(' ', '_')}_lr{lr}"
                     for x in ("steps", "wall_s"):
@@ -299,6 +299,7 @@ def report(args) -> None:
                         f"![{slug}]({os.path.basename(out)}/{slug}_top1_error_steps.png) "
                         f"![{slug} vs time]({os.path.basename(out)}/{slug}_top1_error_wall_s.png)"
                     )
+        lines += reporting.table(header, rows)
         lines += [
             "",
             "What the runs say against the paper (residual versions train faster, Figs. 21-26):",
@@ -317,18 +318,36 @@ def report(args) -> None:
             f"learning rate {r0['learning_rate']}; a probe batch's pre-pool features checked every few "
             "steps for all-zero output, and the loss for divergence.",
             "",
-            "| residual scale | died at step | reason | steps trained | final top-1 error % | "
-            "final loss | max zero fraction of pre-pool features |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        rows = []
         for r in sorted(scaling, key=lambda r: -r["scale"]):
             reason = r["events"][0][1] if r["events"] else "-"
             zeros = max((z for _, z in r["zero_trace"]), default=float("nan"))
             top1 = f"{r['top1_error'][-1]:.1f}" if r["top1_error"] else "-"
-            lines.append(
-                f"| {r['scale']} | {r['died_at'] or 'did not die'} | {reason} | "
-                f"{r['steps'][-1] if r['steps'] else 0} | {top1} | {r['loss'][-1]:.3f} | {zeros:.3f} |"
+            steps = r["steps"][-1] if r["steps"] else 0
+            rows.append(
+                [
+                    r["scale"],
+                    r["died_at"] or "did not die",
+                    reason,
+                    steps,
+                    top1,
+                    f"{r['loss'][-1]:.3f}",
+                    f"{zeros:.3f}",
+                ]
             )
+        lines += reporting.table(
+            [
+                "residual scale",
+                "died at step",
+                "reason",
+                "steps trained",
+                "final top-1 error %",
+                "final loss",
+                "max zero fraction of pre-pool features",
+            ],
+            rows,
+        )
         lines += ["", f"The run {_scaling_verdict(scaling)}."]
         _plot(
             scaling,
@@ -338,8 +357,7 @@ def report(args) -> None:
             "wide IRv2: top-1 error by residual scale",
         )
         lines += ["", f"![scaling]({os.path.basename(out)}/scaling_top1_error_steps.png)", ""]
-    with open(os.path.join(os.path.dirname(out) or ".", "reproduction.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    reporting.write_text(os.path.join(os.path.dirname(out) or ".", "reproduction.md"), lines)
     print(f"wrote {os.path.join(os.path.dirname(out) or '.', 'reproduction.md')}")
 
 

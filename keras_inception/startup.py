@@ -1,0 +1,51 @@
+"""Keep TensorFlow's start-up log lines out of the ``keras-inception`` command's output.
+
+TensorFlow writes its oneDNN, CPU-feature and CUDA-probing notices straight to file
+descriptor 2 while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read. For the
+command (not for the library), :func:`quiet_tensorflow` raises that level to errors
+only and drops those notices from what the import writes; any other line still
+reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+COMMAND = "keras-inception"
+NOTICE = re.compile(
+    rb"^(?:[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |"  # absl/glog lines
+    rb"WARNING: All log messages before absl::InitializeLog|"
+    rb"To enable the following instructions:)"
+)
+
+
+def is_command() -> bool:
+    """This process is the ``keras-inception`` command."""
+    return os.path.basename(sys.argv[0]) == COMMAND
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Within: TensorFlow's start-up notices written to stderr are dropped."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured:
+                if not NOTICE.match(line):
+                    os.write(2, line)
