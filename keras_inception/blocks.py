@@ -79,7 +79,13 @@ def residual(b: Builder, x, scope: str, towers: Sequence[Tower], scale: float, a
     """
     branches = _towers(b, x, scope, towers, {"Branch_0/Conv2d_0a_1x1": "Branch_0/Conv2d_1x1"})
     mixed_ = concat(branches, f"{scope}/concat")
-    up = layers.Conv2D(x.shape[-1], 1, use_bias=True, name=keras_name(f"{scope}/Conv2d_1x1"))(mixed_)
+    up = layers.Conv2D(
+        x.shape[-1],
+        1,
+        use_bias=True,
+        kernel_initializer=b.initializer(),
+        name=keras_name(f"{scope}/Conv2d_1x1"),
+    )(mixed_)
     x = ScaleSum(scale, name=keras_name(f"{scope}/ScaleSum"))([x, up])
     if activation is None:
         return x

@@ -75,12 +75,14 @@ def _open(spec: str, args, split: str):
 
 
 def cmd_train(args) -> int:
-    recipe = training.Recipe(
+    recipe = training.Recipe.slim(
         learning_rate=args.learning_rate,
         warmup_epochs=args.warmup_epochs,
         clipnorm=args.clipnorm,
-        ema_momentum=None if args.no_ema else args.ema_momentum,
+        ema_decay=None if args.no_ema else args.ema_decay,
         label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay,
+        weight_decay_mode=args.weight_decay_mode,
     )
     train_source = _open(args.data, args, "train")
     val_source = _open(args.val_data, args, args.val_split) if args.val_data else None
@@ -109,7 +111,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    summary = training.finetune(
+    from keras_inception.finetune import finetune
+
+    summary = finetune(
         args.data,
         args.model,
         weights=None if args.weights.lower() == "none" else args.weights,
@@ -122,6 +126,7 @@ def cmd_finetune(args) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
         validation_split=args.validation_split,
+        validation_dir=args.val_data,
         seed=args.seed,
         on_error=args.on_error,
     )
@@ -132,7 +137,7 @@ def cmd_finetune(args) -> int:
     if summary["skipped_files"]:
         print(f"skipped {len(summary['skipped_files'])} unreadable files: {summary['skipped_files'][:5]}")
     best = os.path.join(args.output, "best.keras")
-    print(f"best validation top-1 {max(summary['history']['val_top1']):.2%}; model: {best}")
+    print(f"best validation top-1 {summary['best']:.2%} (epoch {summary['best_epoch'] + 1}); model: {best}")
     return 0
 
 
@@ -148,7 +153,14 @@ def cmd_evaluate(args) -> int:
     results = []
     for scheme in args.crops:
         result = evaluation.evaluate(
-            loaded, source.dataset, source.class_names, scheme, size, args.limit, total=source.num_examples
+            loaded,
+            source.dataset,
+            source.class_names,
+            scheme,
+            size,
+            args.limit,
+            total=source.num_examples,
+            batch_size=args.batch_size,
         )
         results.append(result)
         print(f"| {scheme} | {result.images} | {result.top1_error:.2f} | {result.top5_error:.2f} |")
@@ -264,7 +276,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs")
     t.add_argument("--clipnorm", type=float, help="clip each gradient to this norm")
     t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing")
-    t.add_argument("--ema-momentum", type=float, default=0.9999, help="parameter moving-average decay")
+    t.add_argument("--weight-decay", type=float, default=4e-5, help="weight decay")
+    t.add_argument(
+        "--weight-decay-mode",
+        choices=training.WEIGHT_DECAY_MODES,
+        default="l2",
+        help="l2: slim's L2 loss; decoupled: Keras's decoupled weight decay",
+    )
+    t.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.9999,
+        help="parameter moving-average decay (slim's warm-up applies)",
+    )
     t.add_argument("--no-ema", action="store_true", help="no moving average of the weights")
     t.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     t.add_argument("--depths", type=int, nargs=3, help="blocks per stage (default: the published network's)")
@@ -276,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
         "finetune", help="transfer learning on an image folder (one subfolder per class)", formatter_class=fmt
     )
     f.add_argument("--data", required=True, help="image folder, one subfolder per class")
+    f.add_argument("--val-data", help="validation image folder with the same classes (instead of a split)")
     f.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL, help="the network")
     f.add_argument("--weights", default="imagenet", help="a tag, a weights file, or none (random base)")
     f.add_argument("--output", default="finetune_output", help="folder for best.keras and the history")
@@ -286,7 +311,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--fine-tune-learning-rate", type=float, default=1e-4, help="Adam rate of the second phase"
     )
-    f.add_argument("--validation-split", type=float, default=0.1, help="share of images held out")
+    f.add_argument(
+        "--validation-split", type=float, default=0.1, help="share of images held out (without --val-data)"
+    )
     _data_options(f, tfrecords=False)
     _training_options(f)
     f.set_defaults(func=cmd_finetune)
@@ -306,6 +333,7 @@ def parser() -> argparse.ArgumentParser:
         "--crops", type=int, nargs="+", default=[1], choices=evaluation.CROP_SCHEMES, help="crop schemes"
     )
     v.add_argument("--limit", type=int, help="evaluate the first N images")
+    v.add_argument("--batch-size", type=int, default=48, help="crops per forward pass")
     _data_options(v)
     v.set_defaults(func=cmd_evaluate)
 

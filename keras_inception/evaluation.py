@@ -89,14 +89,17 @@ class Result:
     confused: list[tuple[str, str, int]]
 
 
-def predict_averaged(models: Sequence[keras.Model], image, scheme: int, size: int) -> np.ndarray:
-    """Softmax averaged over the crops of one image and over the models (an ensemble)."""
-    views = crops(image, scheme, size)
-    total = 0.0
-    for model in models:
-        probabilities = model.predict(views, batch_size=48, verbose=0)
-        total = total + probabilities.mean(axis=0)
-    return total / len(models)
+def _class_offset(model: keras.Model, classes: int) -> int:
+    """0 when the model has one output per class, 1 for slim's 1001 (background first)."""
+    outputs = model.outputs[0].shape[-1]
+    if outputs == classes:
+        return 0
+    if outputs == classes + 1:
+        return 1
+    raise ValueError(
+        f"model {model.name} has {outputs} outputs, the data {classes} classes: "
+        "evaluate a model trained on these classes"
+    )
 
 
 def evaluate(
@@ -108,27 +111,48 @@ def evaluate(
     limit: int | None = None,
     top_confused: int = 10,
     total: int | None = None,
+    batch_size: int = 32,
 ) -> Result:
     """Evaluate a model or an ensemble on ``(uint8 image, label)`` pairs.
 
-    Models with 1001 outputs (slim's background first) are read as 1000 classes.
-    ``total`` (the dataset size, when known) sizes the progress bar.
+    The crops are made in ``tf.data`` (in parallel) and run through each model
+    ``batch_size`` crops at a time; each image's softmax is averaged over its crops
+    and over the models. Models with 1001 outputs (slim's background first) are read
+    as 1000 classes; other mismatches are refused. ``total`` sizes the progress bar.
     """
+    if scheme not in CROP_SCHEMES:
+        raise ValueError(f"crop scheme must be one of {CROP_SCHEMES}, got {scheme}")
     classes = len(class_names)
+    offsets = [_class_offset(model, classes) for model in models]
+    per_batch = max(1, batch_size // scheme)  # images per forward pass
+    views = (
+        dataset.take(limit or -1)
+        .map(
+            lambda image, label, *_: (crops(image, scheme, size), label), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        .batch(per_batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     top1 = top5 = n = 0
     confusion: collections.Counter = collections.Counter()
     progress = keras.utils.Progbar(min(filter(None, (limit, total)), default=None), unit_name="image")
-    for image, label in dataset.take(limit or -1):
-        p = predict_averaged(models, image, scheme, size)
-        if p.shape[-1] == classes + 1:
-            p = p[1:]
-        best = np.argsort(-p)[:5]
-        label = int(label)
-        top1 += best[0] == label
-        top5 += label in best
-        if best[0] != label:
-            confusion[(class_names[label], class_names[best[0]])] += 1
-        n += 1
+    for batch, labels in views:
+        images = tf.reshape(batch, (-1, size, size, 3))
+        probabilities = 0.0
+        for model, offset in zip(models, offsets, strict=True):
+            out = model.predict_on_batch(images)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            probabilities = probabilities + np.asarray(out).reshape(len(labels), scheme, -1)[
+                ..., offset:
+            ].mean(axis=1)
+        probabilities = probabilities / len(models)
+        for p, label in zip(probabilities, labels.numpy(), strict=True):
+            best = np.argsort(-p, kind="stable")[:5]
+            top1 += best[0] == label
+            top5 += label in best
+            if best[0] != label:
+                confusion[(class_names[label], class_names[best[0]])] += 1
+        n += len(labels)
         progress.update(n)
     if not n:
         raise ValueError("the evaluation dataset is empty")

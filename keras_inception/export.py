@@ -7,6 +7,7 @@ figures (cosine similarity, top-1 agreement, max abs difference) that the docs r
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -54,8 +55,17 @@ def save(model: keras.Model, output: str, version: int | None = None) -> str:
     return output
 
 
-def class_names(classes: int) -> list[str]:
-    """ImageNet names for 1000 / 1001 outputs (slim's background first), else the indices."""
+def class_names(model_or_classes: keras.Model | int) -> list[str]:
+    """The class names a model carries (see :class:`~keras_inception.layers.ClassifierOutput`);
+    else ImageNet's for 1000 / 1001 outputs (slim's background first), else the indices."""
+    if isinstance(model_or_classes, keras.Model):
+        model = model_or_classes
+        recorded = getattr(model.get_layer(model.output_names[0]), "class_names", None)
+        if recorded:
+            return list(recorded)
+        classes = model.outputs[0].shape[-1]
+    else:
+        classes = model_or_classes
     names = [name for _, name in imagenet.classes()]
     if classes == 1000:
         return names
@@ -95,8 +105,8 @@ def export_saved_model(
     with an ``InvalidArgumentError`` naming its size.
     """
     size = input_size(model)
-    classes = model.output_shape[-1]
-    names = tf.constant(names or class_names(classes))
+    classes = model.outputs[0].shape[-1]
+    names = tf.constant(names or class_names(model))
     k = min(top_k, classes)
 
     def respond(images):
@@ -173,7 +183,8 @@ def export_tflite(
     quantize: str = "none",
     calibration: Iterable[np.ndarray] | None = None,
 ) -> str:
-    """A ``.tflite`` flatbuffer (batch 1, input float32 in [-1, 1]), written atomically.
+    """A ``.tflite`` flatbuffer (batch 1, input float32 in [-1, 1]), written atomically,
+    and its class names, one a line, in ``<path without .tflite>.labels.txt``.
 
     ``quantize``: ``none`` (float32), ``float16`` (weights), ``dynamic`` (int8 weights,
     float activations) or ``int8`` (full integer, int8 input and output, calibrated on
@@ -193,7 +204,13 @@ def export_tflite(
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         flatbuffer = _convert(converter, quantize, calibration)
+    files.write_bytes(labels_path(path), ("\n".join(class_names(model)) + "\n").encode())
     return files.write_bytes(path, flatbuffer)
+
+
+def labels_path(path: str) -> str:
+    """Where a TFLite file's class names go: ``model.tflite`` -> ``model.labels.txt``."""
+    return os.path.splitext(path)[0] + ".labels.txt"
 
 
 def _convert(converter, quantize: str, calibration) -> bytes:
@@ -244,7 +261,8 @@ class TFLiteRunner:
 
 
 def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
-    """An ONNX file through tf2onnx (the ``onnx`` extra), dynamic batch, NHWC input."""
+    """An ONNX file through tf2onnx (the ``onnx`` extra), dynamic batch, NHWC input; the class
+    names are in its metadata (``class_names``, a JSON list)."""
     try:
         import tf2onnx
     except ImportError as error:
@@ -253,6 +271,8 @@ def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
     fn = tf.function(lambda x: model(x, training=False))
     spec = (tf.TensorSpec([None, *size, 3], tf.float32, name="images"),)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "class_names", json.dumps(class_names(model))
     return files.write_bytes(path, proto.SerializeToString())
 
 

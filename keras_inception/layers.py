@@ -39,6 +39,28 @@ class FinalEndPoint(Exception):  # noqa: N818 - a control-flow signal, not an er
         self.tensor = tensor
 
 
+@keras.saving.register_keras_serializable(package="keras_inception")
+class SlimVarianceScaling(keras.initializers.Initializer):
+    """TF1 slim's ``variance_scaling_initializer()``: truncated normal,
+    stddev ``sqrt(1.3 * factor / fan_in)``.
+
+    (Keras's ``VarianceScaling`` corrects the truncation with 1 / 0.8796 instead of
+    slim's factor 1.3: a 0.6% smaller variance.)
+    """
+
+    def __init__(self, factor: float = 2.0, seed=None):
+        self.factor, self.seed = factor, seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def __call__(self, shape, dtype=None):
+        fan_in = math.prod(shape[:-1]) or 1
+        stddev = math.sqrt(1.3 * self.factor / fan_in)
+        return keras.random.truncated_normal(shape, stddev=stddev, dtype=dtype, seed=self._generator)
+
+    def get_config(self) -> dict:
+        return {"factor": self.factor, "seed": self.seed}
+
+
 @dataclasses.dataclass
 class Builder:
     """slim's ``arg_scope`` and ``end_points`` for one network being built.
@@ -49,12 +71,14 @@ class Builder:
             ``depth_multiplier``); 1.0 builds the published networks.
         min_depth: the fewest channels a scaled convolution keeps.
         final_endpoint: stop building at this end point (``None``: build it all).
+        kernel_initializer: initial convolution kernels (slim's, per family).
         end_points: the end points recorded so far, in network order.
     """
 
     bn_momentum: float = SLIM_BN_MOMENTUM
     width: float = 1.0
     min_depth: int = 8
+    kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform"
     final_endpoint: str | None = None
     end_points: dict = dataclasses.field(default_factory=dict)
 
@@ -73,12 +97,19 @@ class Builder:
         strides: int = 1,
         padding: str = "same",
         activation: str | None = "relu",
+        kernel_initializer=None,
     ):
         """``Conv2D`` (no bias) ``scope``, ``BatchNormalization`` (no gamma) ``scope.BatchNorm``,
         ReLU ``scope.Relu``."""
         name = keras_name(scope)
         x = layers.Conv2D(
-            self.depth(filters), kernel_size, strides=strides, padding=padding, use_bias=False, name=name
+            self.depth(filters),
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=kernel_initializer or self.initializer(),
+            name=name,
         )(x)
         x = layers.BatchNormalization(
             momentum=self.bn_momentum, epsilon=SLIM_BN_EPSILON, scale=False, name=f"{name}.BatchNorm"
@@ -86,6 +117,12 @@ class Builder:
         if activation is None:
             return x
         return layers.Activation(activation, name=f"{name}.Relu")(x)
+
+    def initializer(self):
+        """A fresh instance of :attr:`kernel_initializer` (Keras warns on a reused seeded one)."""
+        if self.kernel_initializer == "slim_variance_scaling":
+            return SlimVarianceScaling()
+        return keras.initializers.get(self.kernel_initializer)
 
     def add(self, name: str, x):
         """Record ``x`` as end point ``name``; stop the build if it is the final one."""
@@ -138,3 +175,18 @@ class ScaleSum(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_inception")
+class ClassifierOutput(layers.Activation):
+    """A classifier's output: its activation, in float32 under mixed precision, and the
+    names of its classes, saved with the model (``.keras``) and read by every export."""
+
+    def __init__(self, activation="softmax", class_names=None, **kwargs):
+        if keras.config.dtype_policy().name.startswith("mixed_"):
+            kwargs.setdefault("dtype", "float32")
+        super().__init__(activation, **kwargs)
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_names": self.class_names}

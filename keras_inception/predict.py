@@ -63,8 +63,9 @@ def classify(
     at ``image_size`` (default: the model's input size) and classified ``batch_size`` at
     a time. ``results`` is ``[(path, [(class_name, score), ...]), ...]`` in input order;
     ``failures`` is ``[(path, one-line reason), ...]`` for the files that could not be
-    read, which never stop the others. Class names default to ImageNet's for 1000 or
-    1001 (slim's, background first) outputs, else the class index.
+    read, which never stop the others. Class names default to the model's own (a
+    fine-tuned model carries them), else ImageNet's for 1000 or 1001 (slim's,
+    background first) outputs, else the class index.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = size or export.input_size(model)
@@ -83,7 +84,7 @@ def classify(
         scores = model.predict(images, batch_size=batch_size, verbose=0)
         if isinstance(scores, (list, tuple)):  # a model with an aux head: the main output
             scores = scores[0]
-        names = names or export.class_names(scores.shape[-1])
+        names = names or export.class_names(model)
         for path, row in zip(batch_paths, scores, strict=True):
             best = np.argsort(-row, kind="stable")[:top]
             results.append((path, [(names[i], float(row[i])) for i in best]))

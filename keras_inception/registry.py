@@ -28,6 +28,11 @@ class Family:
         conv_logits: classifiers are 1x1 convolutions (Inception-v3), not dense layers.
         default_size: input side with ``include_top=True``.
         min_size: the smallest input side the stem accepts.
+        conv_initializer: slim's initial convolution kernels: ``"slim_variance_scaling"``
+            (``inception_arg_scope``) or ``"glorot_uniform"`` (slim's default, IRv2).
+        aux_stddevs: truncated-normal stddevs of the aux head's 768-filter conv and
+            classifier, where slim sets them (Inception-v3: 0.01, 0.001).
+        l2_biases: slim's arg scope regularises biases too (Inception-ResNet-v2).
     """
 
     name: str
@@ -39,6 +44,9 @@ class Family:
     conv_logits: bool = False
     default_size: int = 299
     min_size: int = 75
+    conv_initializer: str = "slim_variance_scaling"
+    aux_stddevs: tuple[float, float] | None = None
+    l2_biases: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,7 @@ FAMILIES: dict[str, Family] = {
             logits_scope="Logits/Conv2d_1c_1x1",
             aux_logits_scope="AuxLogits/Conv2d_2b_1x1",
             conv_logits=True,
+            aux_stddevs=(0.01, 0.001),
         ),
         Family(
             "inception_v4",
@@ -89,8 +98,16 @@ FAMILIES: dict[str, Family] = {
             aux_conv_scope="AuxLogits/Conv2d_2a",
             aux_logits_scope="AuxLogits/Aux_logits",
         ),
-        Family("inception_resnet_v1", None, depths=(5, 10, 5)),
-        Family("inception_resnet_v2", "InceptionResnetV2", depths=(10, 20, 10)),
+        Family(
+            "inception_resnet_v1", None, depths=(5, 10, 5), conv_initializer="glorot_uniform", l2_biases=True
+        ),
+        Family(
+            "inception_resnet_v2",
+            "InceptionResnetV2",
+            depths=(10, 20, 10),
+            conv_initializer="glorot_uniform",
+            l2_biases=True,
+        ),
     )
 }
 

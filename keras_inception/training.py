@@ -1,19 +1,24 @@
-"""Training: the paper's recipe, transfer learning, and tf.distribute strategies.
+"""Training: slim's recipe, one definition of the loss, tf.distribute strategies.
 
-The recipe is Keras's own pieces: ``RMSprop`` (with ``use_ema`` for the parameter
-moving average), a staircase ``ExponentialDecay`` behind an optional linear warm-up,
-``BackupAndRestore`` (resume after a kill), ``SwapEMAWeights`` (evaluate and save the
-averaged weights), ``ModelCheckpoint``, ``CSVLogger`` and ``TensorBoard``.
+:func:`compile_model` is the one place the loss (label smoothing, aux weight,
+from-logits read from the model's output layer), the weight decay, the optimizer
+with its parameter averages and the metrics are set; :func:`train` runs ``fit`` in a
+resumable :class:`~keras_inception.runs.Run`; :func:`distributed_fit` runs the same
+loss and optimizer step under ``strategy.run`` for ``MultiWorkerMirroredStrategy``,
+where Keras 3's ``fit`` does not run (keras-team/keras#20585).
 
-Keras 3's ``Model.fit`` does not run under ``MultiWorkerMirroredStrategy``
-(keras-team/keras#20585), so :func:`distributed_fit` is a training step under
-``strategy.run`` over a distributed dataset; every other strategy uses ``fit``.
+slim's recipe (``train_image_classifier.py`` with the Inception arg scopes), exactly:
+RMSProp as TF1's (decay 0.9, momentum 0.9, epsilon 1.0, accumulators starting at
+1.0), the L2 loss ``4e-5 * sum(w^2) / 2`` on every kernel (and bias, for
+Inception-ResNet-v2) added to the total loss, ``ExponentialMovingAverage(0.9999,
+num_updates=global_step)`` over all model variables (BatchNorm statistics
+included), learning rate 0.045 x 0.94 every 2 epochs (staircase), label smoothing
+0.1, aux loss weight 0.4. The initializers are the builders' (see ``registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
@@ -21,28 +26,51 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import reporting
+from keras_inception import files, registry, runs
 from keras_inception.models.base import all_layers
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
 @dataclasses.dataclass
 class Recipe:
-    """The paper's training recipe (section 4) with TF-slim trainer's additions."""
+    """A training recipe; :meth:`slim` is slim's (the default of ``train``).
+
+    Attributes:
+        weight_decay_mode: ``"l2"``, slim's L2 loss ``weight_decay * sum(w^2) / 2``
+            added to the loss; or ``"decoupled"``, Keras's decoupled weight decay
+            (``w -= lr * weight_decay * w``; biases and BatchNorm betas excluded).
+        ema_decay: decay of the parameter moving average (``None``: none); slim's
+            warm-up ``min(ema_decay, (1 + step) / (10 + step))`` applies.
+    """
 
     learning_rate: float = 0.045
     decay_rate: float = 0.94
     decay_epochs: float = 2.0
-    rho: float = 0.9  # RMSProp decay
+    rho: float = 0.9
     momentum: float = 0.9
     epsilon: float = 1.0
     weight_decay: float = 4e-5
+    weight_decay_mode: str = "l2"
     label_smoothing: float = 0.1
     aux_weight: float = 0.4
-    ema_momentum: float | None = 0.9999  # None: no moving average
+    ema_decay: float | None = 0.9999
     clipnorm: float | None = None
     warmup_epochs: float = 0.0
+
+    @classmethod
+    def slim(cls, **changes) -> Recipe:
+        """slim's recipe (module docstring), with ``changes``."""
+        return cls(**changes)
+
+    def __post_init__(self):
+        if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {self.weight_decay_mode!r}"
+            )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")
@@ -74,42 +102,156 @@ class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """RMSProp (decay 0.9, momentum 0.9, epsilon 1.0) with the paper's learning-rate decay.
+@keras.saving.register_keras_serializable(package="keras_inception")
+class SlimRMSprop(keras.optimizers.Optimizer):
+    """TF1's ``RMSPropOptimizer`` with slim's parameter moving average.
 
-    Weight decay is Keras's decoupled ``weight_decay`` on kernels (BatchNorm betas and
-    biases excluded); slim added an L2 loss instead, see the README.
+    ``ms = rho * ms + (1 - rho) * g^2`` (``ms`` starts at 1.0, as TF1's),
+    ``mom = momentum * mom + lr * g / sqrt(ms + epsilon)``, ``w -= mom``. After each
+    step, every variable given to :meth:`track_averages` moves its average by
+    ``avg -= (1 - d) * (avg - w)`` with ``d = min(ema_decay, (1 + t) / (10 + t))``,
+    ``t`` the steps taken so far (TF1's ``ExponentialMovingAverage(num_updates=)``).
+    The averages are optimizer variables: checkpoints and resumes keep them.
     """
+
+    def __init__(
+        self,
+        learning_rate=0.045,
+        rho=0.9,
+        momentum=0.9,
+        epsilon=1.0,
+        ema_decay=None,
+        name="slim_rmsprop",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.rho, self.momentum, self.epsilon, self.ema_decay = rho, momentum, epsilon, ema_decay
+        self.averaged_variables: list = []
+        self.averages: list = []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._mean_squares = self.add_optimizer_variables(var_list, "rms", initializer="ones")
+        self._moments = self.add_optimizer_variables(var_list, "momentum")
+
+    def track_averages(self, variables) -> None:
+        """Keep moving averages of ``variables`` (a model's weights), starting at their values."""
+        if self.ema_decay is None:
+            return
+        for variable in variables:
+            if "float" not in str(variable.dtype):
+                continue
+            average = self.add_variable_from_reference(variable, "average")
+            average.assign(variable)
+            self.averaged_variables.append(variable)
+            self.averages.append(average)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = keras.ops.cast(learning_rate, variable.dtype)
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        ms, mom = self._mean_squares[index], self._moments[index]
+        self.assign(ms, self.rho * ms + (1.0 - self.rho) * keras.ops.square(gradient))
+        self.assign(mom, self.momentum * mom + lr * gradient / keras.ops.sqrt(ms + self.epsilon))
+        self.assign_sub(variable, mom)
+
+    def apply(self, grads, trainable_variables=None):
+        super().apply(grads, trainable_variables)
+        if self.averages:
+            self._update_averages()
+
+    def _update_averages(self) -> None:
+        t = keras.ops.cast(self.iterations, "float32")
+        decay = keras.ops.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+
+        def move(average, variable):
+            rate = keras.ops.cast(1.0 - decay, average.dtype)
+            average.assign(average - rate * (average - variable))
+
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            pairs = list(zip(self.averages, self.averaged_variables, strict=True))
+
+            def merged(strategy):  # under strategy.run: update every replica's copy once
+                for average, variable in pairs:
+                    strategy.extended.update(average, move, args=(variable,))
+
+            tf.distribute.get_replica_context().merge_call(merged)
+        else:
+            for average, variable in zip(self.averages, self.averaged_variables, strict=True):
+                move(average, variable)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "ema_decay": self.ema_decay,
+        }
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> SlimRMSprop:
+    """slim's RMSProp with the recipe's learning-rate schedule (and decoupled decay if chosen)."""
     schedule = WarmupExponentialDecay(
         recipe.learning_rate,
         max(1, round(recipe.decay_epochs * steps_per_epoch)),
         recipe.decay_rate,
         round(recipe.warmup_epochs * steps_per_epoch),
     )
-    optimizer = keras.optimizers.RMSprop(
+    decoupled = recipe.weight_decay_mode == "decoupled" and recipe.weight_decay
+    optimizer = SlimRMSprop(
         learning_rate=schedule,
         rho=recipe.rho,
         momentum=recipe.momentum,
         epsilon=recipe.epsilon,
-        weight_decay=recipe.weight_decay or None,
+        ema_decay=recipe.ema_decay,
+        weight_decay=recipe.weight_decay if decoupled else None,
         clipnorm=recipe.clipnorm,
-        use_ema=recipe.ema_momentum is not None,
-        ema_momentum=recipe.ema_momentum or 0.99,
     )
-    if recipe.weight_decay:
+    if decoupled:
         optimizer.exclude_from_weight_decay(var_names=["beta", "bias"])
     return optimizer
 
 
-def losses(model: keras.Model, recipe: Recipe):
-    """Categorical cross-entropy with label smoothing; the aux head weighted ``aux_weight``."""
-    from_logits = model.output_names[0] == "Logits"  # built with classifier_activation=None
+def add_l2_loss(model: keras.Model, weight_decay: float, biases: bool = False) -> int:
+    """slim's ``l2_regularizer(weight_decay)`` on every kernel (and bias): ``weight_decay * sum(w^2) / 2``.
+
+    Returns how many variables were regularised.
+    """
+    count = 0
+    for layer in all_layers(model):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            for variable in [layer.kernel] + ([layer.bias] if biases and layer.use_bias else []):
+                variable.regularizer = keras.regularizers.L2(weight_decay / 2.0)
+                count += 1
+    return count
+
+
+def outputs_logits(model: keras.Model) -> bool:
+    """Whether the model's outputs are logits, read from its output layers' activation."""
+    kinds = set()
+    for output in model.output_names:
+        activation = getattr(model.get_layer(output), "activation", None)
+        name = getattr(activation, "__name__", str(activation))
+        if name not in ("linear", "softmax"):
+            raise ValueError(
+                f"output {output} is neither logits nor a softmax ({name}): cannot choose the loss"
+            )
+        kinds.add(name == "linear")
+    if len(kinds) != 1:
+        raise ValueError("the model mixes logits and softmax outputs")
+    return kinds.pop()
+
+
+def loss_spec(model: keras.Model, recipe: Recipe) -> tuple[list, list[float]]:
+    """One cross-entropy per output (label smoothing, logits or probabilities) and their weights."""
     loss = keras.losses.CategoricalCrossentropy(
-        label_smoothing=recipe.label_smoothing, from_logits=from_logits
+        label_smoothing=recipe.label_smoothing, from_logits=outputs_logits(model)
     )
-    if len(model.outputs) == 2:
-        return [loss, loss], [1.0, recipe.aux_weight]
-    return loss, None
+    weights = [1.0, recipe.aux_weight][: len(model.outputs)]
+    return [loss] * len(model.outputs), weights
 
 
 def metrics(num_outputs: int = 1):
@@ -120,36 +262,29 @@ def metrics(num_outputs: int = 1):
     return [top, []] if num_outputs == 2 else top
 
 
-def compile_recipe(model: keras.Model, recipe: Recipe, steps_per_epoch: int, jit_compile: bool = False):
-    loss, weights = losses(model, recipe)
+def compile_model(
+    model: keras.Model,
+    recipe: Recipe,
+    steps_per_epoch: int,
+    jit_compile: bool = False,
+    l2_biases: bool = False,
+    top_k_metrics: bool = True,
+) -> keras.Model:
+    """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics."""
+    if recipe.weight_decay and recipe.weight_decay_mode == "l2":
+        add_l2_loss(model, recipe.weight_decay, l2_biases)
+    losses, weights = loss_spec(model, recipe)
+    optimizer = make_optimizer(recipe, steps_per_epoch)
+    optimizer.build(model.trainable_variables)
+    optimizer.track_averages(model.weights)
     model.compile(
-        optimizer=make_optimizer(recipe, steps_per_epoch),
-        loss=loss,
-        loss_weights=weights,
-        metrics=metrics(len(model.outputs)),
+        optimizer=optimizer,
+        loss=losses if len(losses) > 1 else losses[0],
+        loss_weights=weights if len(weights) > 1 else None,
+        metrics=metrics(len(model.outputs)) if top_k_metrics else None,
         jit_compile=jit_compile,
     )
     return model
-
-
-def callbacks(
-    output_dir: str, monitor: str = "val_top1", ema: bool = False, tensorboard: bool = True
-) -> list:
-    """Resume state, best ``.keras`` model, CSV history, TensorBoard (and EMA swapping)."""
-    os.makedirs(output_dir, exist_ok=True)
-    out = []
-    if ema:  # evaluate and save with the moving-average weights
-        out.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    out += [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output_dir, "best.keras"), monitor=monitor, mode="max", save_best_only=True
-        ),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-    ]
-    if tensorboard:
-        out.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
-    return out
 
 
 def get_strategy(name: str = "one-device", tpu: str | None = None) -> tf.distribute.Strategy:
@@ -176,6 +311,11 @@ def sync_batch_norm(model: keras.Model) -> None:
             layer.synchronized = True
 
 
+def _monitor(model: keras.Model, validation: bool) -> str:
+    name = "val_top1" if validation else "top1"
+    return name.replace("top1", "Predictions_top1") if len(model.outputs) == 2 else name
+
+
 def train(
     build_model: Callable[[], keras.Model],
     train_data: tf.data.Dataset,
@@ -188,34 +328,42 @@ def train(
     jit_compile: bool = False,
     extra_callbacks: list | None = None,
     verbose: int | str = "auto",
+    settings: dict | None = None,
+    l2_biases: bool = False,
 ) -> keras.Model:
     """Train with the recipe under ``strategy`` (not multi-worker: see :func:`distributed_fit`).
 
-    Rerunning with the same ``output_dir`` after a kill resumes at the epoch it
-    stopped, with the optimizer state. Writes ``best.keras`` (by validation top-1,
-    with the averaged weights), ``history.csv``, TensorBoard logs, and
-    ``final.keras`` holding the moving-average weights.
+    ``output_dir`` is a :class:`~keras_inception.runs.Run`: rerunning into it after a
+    kill resumes at the epoch it stopped, optimizer and averages included; ``best.keras``
+    is the best validation (or training) top-1 with the averaged weights;
+    ``final.keras`` holds the averaged weights, and so does the returned model.
+    ``settings`` identify the run (default: the model's name and the recipe).
     """
-    recipe = recipe or Recipe()
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    recipe = recipe or Recipe.slim()
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model()
-        compile_recipe(model, recipe, steps_per_epoch, jit_compile)
-    ema = recipe.ema_momentum is not None
-    monitor = "val_top1" if validation_data is not None else "top1"
-    if len(model.outputs) == 2:
-        monitor = monitor.replace("top1", "Predictions_top1")
-    model.fit(
+        compile_model(model, recipe, steps_per_epoch, jit_compile, l2_biases)
+    settings = settings or {"model": model.name, "recipe": dataclasses.asdict(recipe)}
+    run = runs.Run(
+        output_dir, {**settings, "steps_per_epoch": steps_per_epoch}, _monitor(model, bool(validation_data))
+    )
+    tensorboard = keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"))
+    runs.fit(
+        model,
+        run,
         train_data,
-        validation_data=validation_data,
-        epochs=epochs,
+        validation_data,
+        epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks(output_dir, monitor, ema) + list(extra_callbacks or []),
+        callbacks=[tensorboard, *(extra_callbacks or [])],
         verbose=verbose,
     )
-    if ema:
-        model.optimizer.finalize_variable_values(model.trainable_variables)
-    model.save(os.path.join(output_dir, "final.keras"))
+    runs.swap_averages(model)  # from here on the model is the averaged one
+    with files.atomic_path(os.path.join(output_dir, "final.keras")) as staged:
+        model.save(staged)
     return model
 
 
@@ -244,8 +392,8 @@ def train_network(
 
     ``strategy`` is one of :data:`STRATEGIES`; ``multi-worker`` trains with
     :func:`distributed_fit` on each worker's shard of the data, every other strategy
-    with :func:`train`. Writes ``final.keras`` (and, with ``fit``, the resume state,
-    ``best.keras`` and the history) into ``output_dir``.
+    with :func:`train`. Writes ``final.keras`` into ``output_dir`` (and with ``train``
+    the resume state, ``best.keras`` and the history).
     """
     from keras_inception import data
     from keras_inception.models import get
@@ -253,12 +401,7 @@ def train_network(
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if strategy == "multi-worker":
-        unsupported = {
-            "--val-data": validation is not None,
-            "--xla": xla,
-            "--aux-logits": aux_logits,
-            "the moving average (pass --no-ema)": recipe.ema_momentum is not None,
-        }
+        unsupported = {"--val-data": validation is not None, "--xla": xla}
         if any(unsupported.values()):
             raise ValueError(
                 "the multi-worker loop does not support " + ", ".join(k for k, v in unsupported.items() if v)
@@ -270,6 +413,7 @@ def train_network(
         raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
     builder = get(model_name)
     extra = {"width": width} | ({"depths": tuple(depths)} if depths else {})
+    l2_biases = registry.family(model_name).l2_biases
 
     def build() -> keras.Model:
         model = builder(
@@ -296,6 +440,18 @@ def train_network(
 
     keras.utils.set_random_seed(seed)
     distribution = get_strategy(strategy, tpu)
+    settings = {
+        "model": model_name,
+        "classes": source.num_classes,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "aux_logits": aux_logits,
+        "width": width,
+        "depths": list(depths or []),
+        "seed": seed,
+        "recipe": dataclasses.asdict(recipe),
+        "mixed_precision": mixed_precision,
+    }
     if strategy != "multi-worker":
         val = pipeline(validation, False, batch_size) if validation else None
         return train(
@@ -308,6 +464,8 @@ def train_network(
             recipe,
             distribution,
             xla,
+            settings=settings,
+            l2_biases=l2_biases,
         )
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -327,9 +485,92 @@ def train_network(
         recipe,
         steps,
         checkpoint_dir=os.path.join(output_dir, "backup"),
+        l2_biases=l2_biases,
     )
-    model.save(os.path.join(output_dir, "final.keras"))
+    runs.swap_averages(model)
+    with files.atomic_path(os.path.join(output_dir, "final.keras")) as staged:
+        model.save(staged)
     return model
+
+
+def distributed_fit(
+    strategy: tf.distribute.Strategy,
+    build_model: Callable[[], keras.Model],
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    global_batch_size: int,
+    steps: int,
+    recipe: Recipe,
+    steps_per_epoch: int,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 10,
+    l2_biases: bool = False,
+) -> tuple[keras.Model, list[float]]:
+    """The step of :func:`compile_model`'s loss and optimizer under ``strategy.run``.
+
+    ``dataset_fn(input_context)`` returns each worker's dataset batched to
+    ``input_context.get_per_replica_batch_size(global_batch_size)``. Losses are averaged
+    over the global batch (regularisation scaled by the replicas), so the update equals
+    one device's on the same global batch. With ``checkpoint_dir``, model and
+    optimizer state (averages included) are saved every ``checkpoint_every`` steps
+    (chief to ``checkpoint_dir``, other workers to throw-away folders) and training
+    resumes from the latest checkpoint.
+    """
+    with strategy.scope():
+        model = build_model()
+        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases)
+        optimizer = model.optimizer
+        losses, weights = loss_spec(model, recipe)
+    manager = _checkpoint_manager(strategy, model, optimizer, checkpoint_dir)
+    start = int(optimizer.iterations.numpy())
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    reduction_none = [_per_example(loss) for loss in losses]
+
+    @tf.function
+    def train_step(iterator):
+        def replica_step(x, y):
+            targets = list(y) if len(model.outputs) > 1 else [y]
+            with tf.GradientTape() as tape:
+                outputs = model(x, training=True)
+                outputs = list(outputs) if len(model.outputs) > 1 else [outputs]
+                per_example = sum(
+                    w * f(t, o) for f, w, t, o in zip(reduction_none, weights, targets, outputs, strict=True)
+                )
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        per_replica = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    losses_seen = []
+    for step in range(start, steps):
+        losses_seen.append(float(train_step(iterator)))
+        if manager and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            manager.save(checkpoint_number=step + 1)
+    return model, losses_seen
+
+
+def _per_example(loss: keras.losses.Loss) -> keras.losses.Loss:
+    """The same loss without its batch reduction."""
+    return type(loss).from_config({**loss.get_config(), "reduction": None})
+
+
+def _checkpoint_manager(strategy, model, optimizer, checkpoint_dir):
+    if not checkpoint_dir:
+        return None
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task = resolver.task_type if resolver else None
+    chief = task in (None, "chief") or (task == "worker" and resolver.task_id == 0)
+    directory = checkpoint_dir if chief else os.path.join(checkpoint_dir, f".worker_{resolver.task_id}")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest)
+    return manager
 
 
 class ResidualDeathMonitor(keras.callbacks.Callback):
@@ -383,208 +624,3 @@ class ResidualDeathMonitor(keras.callbacks.Callback):
     @property
     def died_at(self) -> int | None:
         return self.events[0][0] if self.events else None
-
-
-# ---------------------------------------------------------------- transfer learning
-
-
-def transfer_model(
-    model_name: str,
-    num_classes: int,
-    weights="imagenet",
-    image_size: int = 299,
-    dropout_rate: float = 0.2,
-    **model_kwargs,
-) -> tuple[keras.Model, keras.Model]:
-    """``(model, base)``: a new classifier on a frozen pretrained base.
-
-    ``weights`` is a tag or a weights file of the base (``include_top=False,
-    pooling="avg"``); ``model_kwargs`` go to the builder (``width``, ``depths``...).
-
-    The base is called with ``training=False``, so its BatchNormalization layers stay in
-    inference mode (moving statistics used and kept) even after :func:`unfreeze`.
-    """
-    from keras_inception.models import get
-
-    base = get(model_name)(
-        include_top=False,
-        weights=weights,
-        input_shape=(image_size, image_size, 3),
-        pooling="avg",
-        **model_kwargs,
-    )
-    base.trainable = False
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = base(inputs, training=False)
-    x = keras.layers.Dropout(dropout_rate, name="Logits.Dropout_1b")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="Predictions")(x)
-    return keras.Model(inputs, outputs, name=f"{model_name}_transfer"), base
-
-
-def unfreeze(base: keras.Model, from_block: str = "Mixed_7a") -> int:
-    """Make ``base`` trainable from the block ``from_block`` on (BatchNorm stays frozen).
-
-    Returns the number of layers made trainable.
-    """
-    names = [layer.name for layer in base.layers]
-    starts = [i for i, n in enumerate(names) if n == from_block or n.startswith(f"{from_block}.")]
-    if not starts:
-        blocks = sorted({n.split(".")[0] for n in names if n.startswith("Mixed_")})
-        raise ValueError(f"no block {from_block!r} in {base.name}; blocks: {blocks}")
-    base.trainable = True
-    count = 0
-    for i, layer in enumerate(base.layers):
-        layer.trainable = i >= starts[0] and not isinstance(layer, keras.layers.BatchNormalization)
-        count += layer.trainable and bool(layer.weights)
-    return count
-
-
-def finetune(
-    data: str,
-    model_name: str = "inception_v4",
-    weights="imagenet",
-    output_dir: str = "finetune_output",
-    epochs: int = 5,
-    fine_tune_epochs: int = 0,
-    unfreeze_from: str = "Mixed_7a",
-    learning_rate: float = 1e-3,
-    fine_tune_learning_rate: float = 1e-4,
-    batch_size: int = 32,
-    image_size: int = 299,
-    validation_split: float = 0.1,
-    augment=(),
-    seed: int = 0,
-    verbose: int | str = "auto",
-    model_kwargs: dict | None = None,
-    on_error: str = "skip",
-) -> dict:
-    """Fine-tune on an image folder (one subfolder per class); returns the history.
-
-    Phase 1 trains a new head on the frozen base; phase 2 (``fine_tune_epochs``)
-    unfreezes from ``unfreeze_from`` at ``fine_tune_learning_rate``. Keeps
-    ``best.keras`` (best validation top-1), ``history.csv``, ``history.json`` and
-    ``curves.png`` in ``output_dir``.
-    """
-    from keras_inception import data as data_lib
-
-    train_src, val_src = data_lib.split_folder(data, validation_split, seed, on_error)
-    train = data_lib.pipeline(train_src, batch_size, True, image_size, seed=seed, augment=augment)
-    val = data_lib.pipeline(val_src, batch_size, False, image_size)
-    model, base = transfer_model(
-        model_name, train_src.num_classes, weights, image_size, **(model_kwargs or {})
-    )
-    history: dict[str, list] = {}
-
-    def run(lr: float, initial_epoch: int, total: int) -> None:
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=metrics(),
-        )
-        h = model.fit(
-            train,
-            validation_data=val,
-            epochs=total,
-            initial_epoch=initial_epoch,
-            callbacks=callbacks(output_dir, tensorboard=False),
-            verbose=verbose,
-        )
-        for key, values in h.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-
-    run(learning_rate, 0, epochs)
-    if fine_tune_epochs:
-        unfreeze(base, unfreeze_from)
-        run(fine_tune_learning_rate, epochs, epochs + fine_tune_epochs)
-    summary = {
-        "classes": train_src.class_names,
-        "train_images": train_src.num_examples,
-        "validation_images": val_src.num_examples,
-        "skipped_files": train_src.skipped + val_src.skipped,
-        "history": history,
-    }
-    with open(os.path.join(output_dir, "history.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    plot_history(history, os.path.join(output_dir, "curves.png"))
-    return summary
-
-
-def plot_history(history: dict[str, list], path: str) -> str | None:
-    """Loss and top-1 curves as a PNG (needs matplotlib, the ``plot`` extra)."""
-
-    def series(key: str) -> dict:
-        return {k: (range(1, len(history[k]) + 1), history[k]) for k in (key, f"val_{key}") if k in history}
-
-    panels = [reporting.Panel(key, "epoch", key, series(key)) for key in ("loss", "top1")]
-    return reporting.plot(path, panels)
-
-
-# ---------------------------------------------------------------- multi-worker
-
-
-def distributed_fit(
-    strategy: tf.distribute.Strategy,
-    build_model: Callable[[], keras.Model],
-    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
-    global_batch_size: int,
-    steps: int,
-    recipe: Recipe,
-    steps_per_epoch: int,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: int = 10,
-) -> tuple[keras.Model, list[float]]:
-    """Train under ``strategy.run`` (any strategy, MultiWorkerMirrored included).
-
-    ``dataset_fn(input_context)`` returns each worker's dataset batched to
-    ``input_context.get_per_replica_batch_size(global_batch_size)``. Losses are averaged
-    over the global batch, so the update equals one device's on the same global batch.
-    With ``checkpoint_dir``, model and optimizer state are saved every ``checkpoint_every``
-    steps (chief to ``checkpoint_dir``, other workers to throw-away folders) and
-    training resumes from the latest checkpoint.
-    """
-    with strategy.scope():
-        model = build_model()
-        optimizer = make_optimizer(dataclasses.replace(recipe, ema_momentum=None), steps_per_epoch)
-        optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.CategoricalCrossentropy(
-            label_smoothing=recipe.label_smoothing, reduction="none"
-        )
-    manager = _checkpoint_manager(strategy, model, optimizer, checkpoint_dir)
-    start = int(optimizer.iterations.numpy())
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(x, y):
-            with tf.GradientTape() as tape:
-                predictions = model(x, training=True)
-                per_example = loss_fn(y, predictions)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss
-
-        per_replica = strategy.run(replica_step, args=next(iterator))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    losses_seen = []
-    for step in range(start, steps):
-        losses_seen.append(float(train_step(iterator)))
-        if manager and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            manager.save(checkpoint_number=step + 1)
-    return model, losses_seen
-
-
-def _checkpoint_manager(strategy, model, optimizer, checkpoint_dir):
-    if not checkpoint_dir:
-        return None
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task = resolver.task_type if resolver else None
-    chief = task in (None, "chief") or (task == "worker" and resolver.task_id == 0)
-    directory = checkpoint_dir if chief else os.path.join(checkpoint_dir, f".worker_{resolver.task_id}")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest:
-        checkpoint.restore(latest)
-    return manager

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, data, evaluation, preprocessing, training
+from keras_inception import cli, data, evaluation, export, finetune, preprocessing, training
 
 HERE = os.path.dirname(__file__)
 CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")
@@ -125,11 +125,16 @@ def test_tfds_through_mock_data():
 
 
 def test_recipe_optimizer_and_schedule():
-    recipe = training.Recipe(warmup_epochs=1.0)
+    recipe = training.Recipe.slim(warmup_epochs=1.0)
     opt = training.make_optimizer(recipe, steps_per_epoch=100)
-    assert isinstance(opt, keras.optimizers.RMSprop)
-    assert (opt.rho, opt.momentum, opt.epsilon, opt.weight_decay) == (0.9, 0.9, 1.0, 4e-5)
-    assert opt.use_ema
+    assert isinstance(opt, training.SlimRMSprop)
+    assert (opt.rho, opt.momentum, opt.epsilon, opt.ema_decay, opt.weight_decay) == (
+        0.9,
+        0.9,
+        1.0,
+        0.9999,
+        None,
+    )
     schedule = opt._learning_rate
     assert float(schedule(49)) == pytest.approx(0.045 * 50 / 100)  # warm-up
     assert float(schedule(150)) == pytest.approx(0.045)
@@ -137,6 +142,10 @@ def test_recipe_optimizer_and_schedule():
     assert float(schedule(450)) == pytest.approx(0.045 * 0.94**2)
     restored = training.WarmupExponentialDecay.from_config(schedule.get_config())
     assert float(restored(450)) == pytest.approx(float(schedule(450)))
+    decoupled = training.make_optimizer(training.Recipe.slim(weight_decay_mode="decoupled"), 100)
+    assert decoupled.weight_decay == 4e-5
+    with pytest.raises(ValueError, match="weight_decay_mode"):
+        training.Recipe.slim(weight_decay_mode="l1")
 
 
 def _tiny_model(classes=3, **kwargs):
@@ -153,34 +162,6 @@ def _random_data(n=16, classes=3, aux=False):
     return ds
 
 
-class _Kill(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-
-
-def test_training_resumes_where_it_stopped(tmp_path):
-    out = str(tmp_path / "run")
-    recipe = training.Recipe(learning_rate=0.01)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(
-            _tiny_model, _random_data(), None, out, 4, 2, recipe, extra_callbacks=[_Kill()], verbose=0
-        )
-    with open(os.path.join(out, "history.csv")) as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
-    model = training.train(_tiny_model, _random_data(), None, out, 4, 2, recipe, verbose=0)
-    with open(os.path.join(out, "history.csv")) as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
-    assert int(model.optimizer.iterations) == 4 * 2  # the optimizer state came back too
-    assert os.path.exists(os.path.join(out, "final.keras")) and os.path.exists(
-        os.path.join(out, "best.keras")
-    )
-    assert not os.path.exists(os.path.join(out, "backup"))  # removed after a finished run
-    reloaded = keras.saving.load_model(os.path.join(out, "final.keras"))
-    x = next(iter(_random_data()))[0]
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-
-
 def test_aux_head_training_uses_the_weighted_loss(tmp_path):
     def build():
         return ki.InceptionV4(
@@ -193,15 +174,17 @@ def test_aux_head_training_uses_the_weighted_loss(tmp_path):
     x, (y, _) = next(iter(resized))
     main, aux = model(x, training=False)
     ce = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
-    expected = float(ce(y, main)) + 0.4 * float(ce(y, aux))
+    l2 = sum(2e-5 * float(np.sum(np.square(w))) for w in model.trainable_weights if "kernel" in w.path)
+    assert float(sum(model.losses)) == pytest.approx(l2, rel=1e-4)  # slim's 4e-5 * sum(w^2) / 2
+    expected = float(ce(y, main)) + 0.4 * float(ce(y, aux)) + l2
     logs = model.evaluate(x, (y, y), verbose=0, return_dict=True)
     assert logs["loss"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_transfer_model_keeps_batchnorm_in_inference_mode():
-    model, base = training.transfer_model("inception_resnet_v1", 4, weights=None, image_size=75)
+    model, base = finetune.transfer_model("inception_resnet_v1", list("abcd"), weights=None, image_size=75)
     assert not base.trainable
-    count = training.unfreeze(base, "Mixed_7a")
+    count = finetune.unfreeze(base, "Mixed_7a")
     assert count > 0
     trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
     assert trainable and all(n.startswith(("Mixed_7a", "Repeat_2")) for n in trainable)
@@ -214,7 +197,7 @@ def test_transfer_model_keeps_batchnorm_in_inference_mode():
     model.fit(np.random.rand(4, 75, 75, 3).astype("float32"), np.eye(4), epochs=1, verbose=0)
     np.testing.assert_array_equal(bn.moving_mean.numpy(), before)  # statistics untouched
     with pytest.raises(ValueError, match="no block 'Mixed_9a'"):
-        training.unfreeze(base, "Mixed_9a")
+        finetune.unfreeze(base, "Mixed_9a")
 
 
 def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
@@ -240,6 +223,8 @@ def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
         "--validation-split",
         "0.25",
     ]
+    assert cli.main([*args[:-2], "--epochs", "0"]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "images: 14 train, 4 validation" in printed
@@ -248,8 +233,10 @@ def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
         assert os.path.exists(os.path.join(out, name)), name
     with open(os.path.join(out, "history.json")) as f:
         summary = json.load(f)
-    assert summary["classes"] == ["blue", "red"]
     assert len(summary["history"]["val_top1"]) == 2  # one frozen epoch, one fine-tuning epoch
+    assert summary["best"] == max(summary["history"]["val_top1"])
+    best = keras.saving.load_model(os.path.join(out, "best.keras"))
+    assert export.class_names(best) == ["blue", "red"]  # the class names travel with the model
 
 
 def _cifar_folder(root, classes: list[str], per_class: int):
@@ -285,7 +272,7 @@ def test_short_finetune_on_cifar10_beats_chance(tmp_path):
     base.save_weights(str(tmp_path / "base.weights.h5"))
 
     target = _cifar_folder(tmp_path / "b", ["dog", "frog", "horse", "ship", "truck"], 120)
-    summary = training.finetune(
+    summary = finetune.finetune(
         str(target),
         "inception_resnet_v1",
         weights=str(tmp_path / "base.weights.h5"),

@@ -16,7 +16,7 @@ import keras
 from keras import layers
 
 from keras_inception import pretrained, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, FinalEndPoint, keras_name
+from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, ClassifierOutput, FinalEndPoint, keras_name
 
 POOLINGS = (None, "avg", "max")
 
@@ -60,7 +60,12 @@ def build(
     inputs = _inputs(input_tensor, input_shape, include_top, family)
     if aux_logits and None in tuple(inputs.shape[1:3]):
         raise ValueError("aux_logits=True needs a fixed input size (e.g. input_shape=(299, 299, 3))")
-    b = Builder(bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint)
+    b = Builder(
+        bn_momentum=bn_momentum,
+        width=width,
+        final_endpoint=final_endpoint,
+        kernel_initializer=family.conv_initializer,
+    )
     try:
         x, aux_source = body(b, inputs)
     except FinalEndPoint as stop:
@@ -187,11 +192,11 @@ def _check_shape(shape: Sequence, min_size: int) -> None:
             raise ValueError(f"input height and width must be at least {min_size}, got shape {tuple(shape)}")
 
 
-def _classifier(x, classes: int, scope: str, conv_logits: bool):
+def _classifier(x, classes: int, scope: str, conv_logits: bool, initializer):
     """slim's logits layer: fully connected, or (Inception-v3) a 1x1 conv on a 1x1 map."""
     if not conv_logits:
-        return layers.Dense(classes, name=keras_name(scope))(x)
-    x = layers.Conv2D(classes, 1, name=keras_name(scope))(x)
+        return layers.Dense(classes, kernel_initializer=initializer, name=keras_name(scope))(x)
+    x = layers.Conv2D(classes, 1, kernel_initializer=initializer, name=keras_name(scope))(x)
     return layers.Flatten(name=keras_name(f"{scope.split('/')[0]}/SpatialSqueeze"))(x)
 
 
@@ -202,7 +207,7 @@ def _output(b: Builder, logits, activation, prefix: str):
     """
     b.end_points[f"{prefix}Logits"] = logits
     name = f"{prefix}Predictions" if activation is not None else f"{prefix}Logits"
-    out = layers.Activation(activation or "linear", dtype="float32", name=name)(logits)
+    out = ClassifierOutput(activation or "linear", name=name)(logits)
     if activation is not None:
         b.end_points[name] = out
     return out
@@ -212,7 +217,9 @@ def _main_head(b: Builder, family: registry.Family, x, classes: int, dropout_rat
     x = layers.GlobalAveragePooling2D(keepdims=family.conv_logits, name="global_pool")(x)
     b.end_points["global_pool"] = x
     x = layers.Dropout(dropout_rate, name="Logits.Dropout_1b")(x)
-    return _output(b, _classifier(x, classes, family.logits_scope, family.conv_logits), activation, "")
+    initializer = b.initializer() if family.conv_logits else "glorot_uniform"
+    logits = _classifier(x, classes, family.logits_scope, family.conv_logits, initializer)
+    return _output(b, logits, activation, "")
 
 
 def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
@@ -224,11 +231,18 @@ def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
             f"(e.g. 299x299); this input gives {size}"
         )
     x = layers.AveragePooling2D(5, strides=3, padding="valid", name="AuxLogits.AvgPool_1a_5x5")(x)
+    conv_init, logits_init = (
+        [keras.initializers.TruncatedNormal(stddev=s) for s in family.aux_stddevs]
+        if family.aux_stddevs
+        else [None, b.initializer() if family.conv_logits else "glorot_uniform"]
+    )
     x = b.conv(x, 128, 1, "AuxLogits/Conv2d_1b_1x1")
-    x = b.conv(x, 768, tuple(x.shape[1:3]), family.aux_conv_scope, padding="valid")
+    x = b.conv(
+        x, 768, tuple(x.shape[1:3]), family.aux_conv_scope, padding="valid", kernel_initializer=conv_init
+    )
     if not family.conv_logits:
         x = layers.Flatten(name="AuxLogits.Flatten")(x)
-    logits = _classifier(x, classes, family.aux_logits_scope, family.conv_logits)
+    logits = _classifier(x, classes, family.aux_logits_scope, family.conv_logits, logits_init)
     return _output(b, logits, activation, "Aux")
 
 

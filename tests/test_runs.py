@@ -1,0 +1,165 @@
+"""Training you can trust: the best model is kept across phases and resumes, a killed run
+resumes to the same weights, averages follow slim's warm-up, outputs are never mixed."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_inception as ki
+from keras_inception import runs, training
+
+HERE = os.path.dirname(__file__)
+
+
+def tiny(classes: int = 3) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return ki.InceptionResNetV1(
+        input_shape=(75, 75, 3), width=0.25, depths=(1, 1, 1), classes=classes, dropout_rate=0.0
+    )
+
+
+def fixed_batches(n: int = 16, classes: int = 3) -> tf.data.Dataset:
+    """Two batches of 8, the same every epoch (so a resumed run sees what an uninterrupted one does)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (n, 75, 75, 3)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, n)]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+class Crash(keras.callbacks.Callback):
+    """Ends the process's training abruptly after ``epoch`` (the run's state is written first)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("killed")
+
+
+def weights_of(path: str) -> list[np.ndarray]:
+    return [np.asarray(w) for w in keras.saving.load_model(path).weights]
+
+
+def test_resumed_run_with_averages_equals_an_uninterrupted_one(tmp_path):
+    recipe = training.Recipe.slim(learning_rate=0.01)
+    whole = str(tmp_path / "whole")
+    training.train(tiny, fixed_batches(), fixed_batches(), whole, 4, 2, recipe, verbose=0)
+    cut = str(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        training.train(
+            tiny, fixed_batches(), fixed_batches(), cut, 4, 2, recipe, extra_callbacks=[Crash(1)], verbose=0
+        )
+    with open(os.path.join(cut, "history.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    model = training.train(tiny, fixed_batches(), fixed_batches(), cut, 4, 2, recipe, verbose=0)
+    assert int(model.optimizer.iterations) == 4 * 2  # the optimizer state came back, averages with it
+    for a, b in zip(
+        weights_of(os.path.join(whole, "final.keras")),
+        weights_of(os.path.join(cut, "final.keras")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with open(os.path.join(cut, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3"]  # each epoch once
+    with open(os.path.join(cut, "history.json")) as f:
+        history = json.load(f)
+    assert history["history"]["val_top1"] == [float(row["val_top1"]) for row in rows]  # the files agree
+    assert os.path.exists(os.path.join(cut, "curves.png"))
+    best = keras.saving.load_model(os.path.join(cut, "best.keras"))
+    evaluated = best.evaluate(fixed_batches(), verbose=0, return_dict=True)["top1"]
+    assert evaluated == pytest.approx(history["best"])  # best.keras is the model of the best epoch
+
+
+def test_best_model_survives_a_worse_later_phase(tmp_path):
+    """Phase 1 reaches 0.6, phase 2 (another run object, as after a resume) only 0.2."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    run = runs.Run(str(tmp_path), {"job": 1}, "val_top1")
+    model.layers[0].kernel.assign(np.ones((2, 1)))
+    run.end_epoch(model, 0, {"loss": 1.0, "val_top1": 0.6}, "head")
+    model.compile("adam", "mse")
+    resumed = runs.Run(str(tmp_path), {"job": 1}, "val_top1")
+    model.layers[0].kernel.assign(np.full((2, 1), 7.0))
+    resumed.end_epoch(model, 1, {"loss": 2.0, "val_top1": 0.2}, "fine-tune")
+    best = keras.saving.load_model(tmp_path / "best.keras")
+    np.testing.assert_array_equal(best.layers[0].kernel.numpy(), np.ones((2, 1)))
+    assert resumed.best == (0, 0.6)
+    assert resumed.history["val_top1"] == [0.6, 0.2]
+
+
+def test_output_folders_are_never_mixed(tmp_path):
+    runs.Run(str(tmp_path / "a"), {"model": "inception_v4", "learning_rate": 0.1}, "val_top1")
+    with pytest.raises(ValueError, match="holds another run \\(learning_rate: 0.1 there, 0.2 now\\)"):
+        runs.Run(str(tmp_path / "a"), {"model": "inception_v4", "learning_rate": 0.2}, "val_top1")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and holds no training run"):
+        runs.Run(str(tmp_path / "b"), {"model": "inception_v4"}, "val_top1")
+
+
+def test_averages_follow_slims_warm_up_and_rmsprop_starts_at_one():
+    variable = keras.Variable(np.array([1.0, -2.0], "float32"))
+    optimizer = training.SlimRMSprop(learning_rate=0.1, ema_decay=0.9999)
+    optimizer.build([variable])
+    optimizer.track_averages([variable])
+    w, ms, mom, avg = np.array([1.0, -2.0]), np.ones(2), np.zeros(2), np.array([1.0, -2.0])
+    for t, grad in enumerate([np.array([0.5, -1.0]), np.array([2.0, 0.1]), np.array([-1.0, 1.0])], start=1):
+        optimizer.apply([tf.constant(grad, tf.float32)], [variable])
+        ms = 0.9 * ms + 0.1 * grad**2  # TF1 RMSPropOptimizer, ms starting at 1.0
+        mom = 0.9 * mom + 0.1 * grad / np.sqrt(ms + 1.0)
+        w = w - mom
+        decay = min(0.9999, (1 + t) / (10 + t))  # ExponentialMovingAverage(num_updates=global_step)
+        avg = avg - (1 - decay) * (avg - w)
+        np.testing.assert_allclose(variable.numpy(), w, rtol=1e-6)
+        np.testing.assert_allclose(optimizer.averages[0].numpy(), avg, rtol=1e-6)
+
+
+KILLED_RUN = """
+import sys
+import numpy as np
+sys.path.insert(0, {here!r})
+from test_runs import fixed_batches, tiny
+from keras_inception import training
+
+class Marker(__import__("keras").callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        print("step", flush=True)
+
+training.train(tiny, fixed_batches(), fixed_batches(), sys.argv[1], 5, 2,
+               training.Recipe.slim(learning_rate=0.01), extra_callbacks=[Marker()], verbose=0)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_RUN.format(here=HERE))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    subprocess.run([sys.executable, str(script), whole], env=env, check=True, timeout=600)
+    job = subprocess.Popen([sys.executable, str(script), cut], env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(5):  # in the middle of the third epoch
+        job.stdout.readline()
+    time.sleep(0.3)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    subprocess.run([sys.executable, str(script), cut], env=env, check=True, timeout=600)
+    for a, b in zip(
+        weights_of(os.path.join(whole, "final.keras")),
+        weights_of(os.path.join(cut, "final.keras")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not [f for f in os.listdir(cut) if f.startswith(".partial")]
