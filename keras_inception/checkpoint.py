@@ -33,6 +33,7 @@ class LoadReport:
     used: int  # slim variables read
     skipped_heads: list[str]  # slim head variables the model was built without
     ema: bool  # ExponentialMovingAverage shadows were taken
+    ignored: list[str] = dataclasses.field(default_factory=list)  # global_step, optimizer slots
 
 
 def checkpoint_prefix(path: str) -> str:
@@ -78,7 +79,7 @@ def _read_error(prefix: str, error: Exception) -> CheckpointError:
 
 def family_of(variables: dict[str, np.ndarray]) -> str:
     """The registered model name whose slim scope the checkpoint's variables are under."""
-    scopes = {name.split("/", 1)[0] for name in variables if name not in slim.IGNORED}
+    scopes = {name.split("/", 1)[0] for name in variables if not slim.is_trainer_state(name)}
     known = [f.name for scope in sorted(scopes) if (f := registry.family_for_scope(scope))]
     if len(known) != 1:
         slim_scopes = sorted(f.slim_scope for f in registry.FAMILIES.values() if f.slim_scope)
@@ -89,7 +90,8 @@ def family_of(variables: dict[str, np.ndarray]) -> str:
 
 
 def resolve_ema(variables: dict[str, np.ndarray], use_ema: bool = True) -> tuple[dict, bool]:
-    """Drop ``global_step``; replace each variable by its moving-average shadow if asked."""
+    """Drop ``global_step`` and optimizer slots; replace each variable by its moving-average
+    shadow if asked."""
     shadows = {
         name.removesuffix(slim.EMA_SUFFIX): value
         for name, value in variables.items()
@@ -98,7 +100,7 @@ def resolve_ema(variables: dict[str, np.ndarray], use_ema: bool = True) -> tuple
     plain = {
         name: value
         for name, value in variables.items()
-        if not name.endswith(slim.EMA_SUFFIX) and name not in slim.IGNORED
+        if not name.endswith(slim.EMA_SUFFIX) and not slim.is_trainer_state(name)
     }
     orphans = sorted(set(shadows) - set(plain))
     if orphans:
@@ -123,6 +125,7 @@ def assign(
     checkpoint_family = family_of(variables)
     if checkpoint_family != family:
         raise CheckpointError(f"checkpoint holds {checkpoint_family}, the model is {family}")
+    ignored = sorted(name for name in variables if slim.is_trainer_state(name))
     variables, ema = resolve_ema(variables, use_ema)
     values = []
     for weight in model.weights:
@@ -147,7 +150,7 @@ def assign(
         )
     for weight, value, _ in values:  # nothing is assigned until everything checked out
         weight.assign(value.astype(weight.dtype))
-    return LoadReport(family, len(values), len(used), skipped, ema)
+    return LoadReport(family, len(values), len(used), skipped, ema, ignored)
 
 
 def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[int, ...]]) -> None:

@@ -38,6 +38,11 @@ class ConversionResult:
             f" ({self.classes} classes{', aux head' if self.aux_logits else ''}"
             f"{', moving averages' if report.ema else ''})",
         ]
+        if report.ignored:
+            lines.append(
+                f"  ignored (state of the training run): {len(report.ignored)} variables, "
+                f"e.g. {report.ignored[0]}"
+            )
         if report.skipped_heads:
             heads = sorted({n.split("/")[1] for n in report.skipped_heads})
             count = len(report.skipped_heads)

@@ -243,6 +243,8 @@ def pipeline(
     seed: int | None = None,
     repeat: bool = False,
     augmentation: str = "inception",
+    fast_mode: bool = True,
+    use_boxes: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``(images in [-1, 1], one-hot labels)`` ready for ``model.fit``.
 
@@ -250,7 +252,9 @@ def pipeline(
     ``CutMix``, or any Keras / KerasCV layer) run on training batches; layers that take
     ``{"images", "labels"}`` dicts (MixUp, CutMix) get both. With ``aux_logits`` the
     labels are repeated for the aux head. ``augmentation`` is ``"inception"`` (slim's
-    training transform) or ``"flip"`` (resize and flip, for tiny images).
+    training transform, ``fast_mode`` as slim's trainer; ``use_boxes`` crops around the
+    TFRecords' object boxes, which slim's trainer does not pass) or ``"flip"`` (resize
+    and flip, for tiny images).
     """
     if augmentation not in preprocessing.TRAIN_TRANSFORMS:
         raise ValueError(
@@ -266,7 +270,7 @@ def pipeline(
 
     def transform(image, label, bbox=None):
         if training and augmentation == "inception":
-            x = preprocessing.train_transform(image, image_size, bbox)
+            x = preprocessing.train_transform(image, image_size, bbox if use_boxes else None, fast_mode)
         elif training:
             x = preprocessing.flip_transform(image, image_size)
         else:

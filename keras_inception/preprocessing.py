@@ -184,8 +184,25 @@ def eval_transform(
     return x[0] if single else x
 
 
-def distort_color(image: tf.Tensor, ordering: tf.Tensor) -> tf.Tensor:
-    """slim's ``distort_color`` on [0, 1] floats, one of its four orderings, then clipped."""
+RESIZE_METHODS = (  # TF1's ResizeMethod order: slim's slow mode picks one at random
+    tf.compat.v1.image.ResizeMethod.BILINEAR,
+    tf.compat.v1.image.ResizeMethod.NEAREST_NEIGHBOR,
+    tf.compat.v1.image.ResizeMethod.BICUBIC,
+    tf.compat.v1.image.ResizeMethod.AREA,
+)
+
+
+def resize_tf1(image: tf.Tensor, size: tuple[int, int], method: int = 0) -> tf.Tensor:
+    """TF1's ``resize_images`` (``align_corners=False``, no half-pixel centres), as slim resized."""
+    return tf.compat.v1.image.resize_images(image, size, RESIZE_METHODS[method], align_corners=False)
+
+
+def distort_color(image: tf.Tensor, ordering: int, fast_mode: bool = True) -> tf.Tensor:
+    """slim's ``distort_color`` on [0, 1] floats, then clipped.
+
+    Fast mode: brightness (32/255) and saturation (0.5-1.5), in ``ordering`` 0 or 1.
+    Slow mode: brightness, saturation, hue (0.2) and contrast (0.5-1.5) in one of four orders.
+    """
 
     def brightness(x):
         return tf.image.random_brightness(x, max_delta=32.0 / 255.0)
@@ -199,35 +216,45 @@ def distort_color(image: tf.Tensor, ordering: tf.Tensor) -> tf.Tensor:
     def contrast(x):
         return tf.image.random_contrast(x, lower=0.5, upper=1.5)
 
-    orders = [
-        (brightness, saturation, hue, contrast),
-        (saturation, brightness, contrast, hue),
-        (contrast, hue, brightness, saturation),
-        (hue, saturation, contrast, brightness),
-    ]
-
-    def apply(ops):
-        def run():
-            x = image
-            for op in ops:
-                x = op(x)
-            return x
-
-        return run
-
-    image = tf.switch_case(ordering, [apply(o) for o in orders])
+    orders = (
+        [(brightness, saturation), (saturation, brightness)]
+        if fast_mode
+        else [
+            (brightness, saturation, hue, contrast),
+            (saturation, brightness, contrast, hue),
+            (contrast, hue, brightness, saturation),
+            (hue, saturation, contrast, brightness),
+        ]
+    )
+    for op in orders[ordering]:
+        image = op(image)
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def train_transform(image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = None) -> tf.Tensor:
+def _random_case(x: tf.Tensor, cases: int, fn) -> tf.Tensor:
+    """slim's ``apply_with_random_selector``: ``fn(x, k)`` for a uniformly random ``k < cases``."""
+    if cases == 1:
+        return fn(x, 0)
+    selector = tf.random.uniform([], maxval=cases, dtype=tf.int32)
+    return tf.switch_case(selector, [lambda k=k: fn(x, k) for k in range(cases)])
+
+
+def train_transform(
+    image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = None, fast_mode: bool = True
+) -> tf.Tensor:
     """slim's ``preprocess_for_train``: distorted box crop, resize, flip, colour, [-1, 1].
 
     ``sample_distorted_bounding_box`` with min_object_covered 0.1, aspect ratio
-    0.75-1.33, area 0.05-1.0, 100 attempts (the whole image when no box is given).
+    0.75-1.33, area 0.05-1.0, 100 attempts, around ``bbox`` (``[N, 4]``, ymin xmin
+    ymax xmax; the whole image when none is given, as slim's trainer does). Then
+    TF1's resize (fast mode: bilinear; slow mode: one of its four methods at random),
+    a random left-right flip, and :func:`distort_color` (fast mode: one ordering, as
+    slim's ``train_image_classifier.py``; slow mode: one of four).
     """
+    whole = tf.constant([[0.0, 0.0, 1.0, 1.0]])
     if bbox is None or bbox.shape.rank != 2:
-        bbox = tf.constant([[0.0, 0.0, 1.0, 1.0]])
-    bbox = tf.cond(tf.shape(bbox)[0] > 0, lambda: bbox, lambda: tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+        bbox = whole
+    bbox = tf.cond(tf.shape(bbox)[0] > 0, lambda: bbox, lambda: whole)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=bbox[tf.newaxis],
@@ -238,11 +265,11 @@ def train_transform(image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = 
         max_attempts=100,
         use_image_if_no_bounding_boxes=True,
     )
-    x = tf.slice(image, begin, crop_size)
-    x = tf.cast(x, tf.float32) / 255.0
-    x = tf.image.resize(x, [size, size], method="bilinear")
+    x = tf.image.convert_image_dtype(tf.slice(image, begin, crop_size), tf.float32)
+    x = _random_case(x, 1 if fast_mode else 4, lambda x, method: resize_tf1(x, (size, size), method))
+    x.set_shape([size, size, 3])
     x = tf.image.random_flip_left_right(x)
-    x = distort_color(x, tf.random.uniform([], maxval=4, dtype=tf.int32))
+    x = _random_case(x, 1 if fast_mode else 4, lambda x, ordering: distort_color(x, ordering, fast_mode))
     return to_signed_unit(x)
 
 

@@ -471,4 +471,4 @@ def convert_archive(archive: str, model: str, directory: str) -> dict[str, np.nd
         raise checkpoint.CheckpointError(f"checkpoint holds {family}, the model is {model}")
     plain, _ = checkpoint.resolve_ema(variables, use_ema=False)  # shadows checked for orphans
     checkpoint.check_manifest(plain, registry.slim_manifest(model))
-    return {name: value for name, value in variables.items() if name not in slim.IGNORED}
+    return {name: value for name, value in variables.items() if not slim.is_trainer_state(name)}

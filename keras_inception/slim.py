@@ -16,6 +16,13 @@ _TO_KERAS = {"weights": "kernel", "biases": "bias"}
 _TO_SLIM = {v: k for k, v in _TO_KERAS.items()}
 EMA_SUFFIX = "/ExponentialMovingAverage"
 IGNORED = ("global_step",)
+OPTIMIZER_SLOTS = ("/RMSProp", "/RMSProp_1", "/Momentum", "/Adam", "/Adam_1")  # TF1 optimizers' slots
+OPTIMIZER_STATE = ("beta1_power", "beta2_power")
+
+
+def is_trainer_state(name: str) -> bool:
+    """A variable of the training run, not of the network: ``global_step``, optimizer slots."""
+    return name in IGNORED or name in OPTIMIZER_STATE or name.endswith(OPTIMIZER_SLOTS)
 
 
 def keras_path(slim_name: str, scope: str) -> str:

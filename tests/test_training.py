@@ -83,6 +83,31 @@ def test_train_transform_follows_slim(folder):
     assert np.std(outs, axis=0).mean() > 0.01  # random crops, flips and colours differ
     box = tf.constant([[0.25, 0.25, 0.75, 0.75]])
     assert preprocessing.train_transform(image, 75, box).shape == (75, 75, 3)
+    slow = np.stack([preprocessing.train_transform(image, 75, fast_mode=False).numpy() for _ in range(8)])
+    assert slow.min() >= -1.0 and slow.max() <= 1.0
+
+
+@pytest.mark.parametrize("method", range(4))
+def test_train_resize_is_tf1s(method):
+    """The deterministic part of slim's training transform against tf.compat.v1's own ops:
+    resize_images with align_corners=False, which TF2's tf.image.resize does not reproduce."""
+    crop = np.random.default_rng(method).uniform(0, 1, (37, 53, 3)).astype("float32")
+    ours = preprocessing.resize_tf1(crop, (75, 75), method).numpy()
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        reference = session.run(tf.compat.v1.image.resize_images(crop, (75, 75), method, align_corners=False))
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    if method == 0:  # and TF2's half-pixel resize is a different function
+        assert np.abs(tf.image.resize(crop, (75, 75)).numpy() - reference).max() > 1e-3
+
+
+def test_fast_mode_colour_is_brightness_then_saturation():
+    image = tf.fill((8, 8, 3), 0.5) + tf.constant([0.2, 0.0, -0.2])
+    tf.random.set_seed(1)
+    fast = preprocessing.distort_color(image, 0, fast_mode=True)
+    tf.random.set_seed(1)
+    expected = tf.image.random_saturation(tf.image.random_brightness(image, 32.0 / 255.0), 0.5, 1.5)
+    np.testing.assert_allclose(fast, tf.clip_by_value(expected, 0.0, 1.0), atol=1e-6)
 
 
 def _example(image: np.ndarray, label: int) -> bytes:

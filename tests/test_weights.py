@@ -270,3 +270,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_checkpoints_of_slims_trainer_load_and_say_what_was_ignored(tmp_path, v3_variables, capsys):
+    """slim's trainer saves optimizer slots and global_step beside the network's variables."""
+    variables = dict(v3_variables)
+    some = [n for n in v3_variables if n.endswith("/weights")][:3]
+    variables.update({f"{n}/RMSProp": np.ones_like(v3_variables[n]) for n in some})
+    variables.update({f"{n}/RMSProp_1": np.zeros_like(v3_variables[n]) for n in some})
+    variables["global_step"] = np.array(7, np.int64)
+    prefix = write_checkpoint(variables, str(tmp_path / "trainer" / "model.ckpt-7"), "V2")
+    out = str(tmp_path / "v3.weights.h5")
+    assert cli.main(["convert", prefix, out, "--classes", "1001", "--aux-logits"]) == 0
+    printed = capsys.readouterr().out
+    assert "388 of 388 slim variables -> 388 Keras weights" in printed
+    assert "ignored (state of the training run): 7 variables" in printed
+    model = ki.InceptionV3(weights=out, classes=1001, aux_logits=True)
+    assert_equal_to_source(model, v3_variables, "InceptionV3")
