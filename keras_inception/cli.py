@@ -36,7 +36,12 @@ def cmd_convert(args) -> int:
 def cmd_predict(args) -> int:
     from keras_inception import models, predict
 
-    model = models.get(args.model)(weights=args.weights)
+    if args.model in registry.FAMILIES:
+        model = models.get(args.model)(weights=args.weights or "imagenet")
+    elif args.weights:
+        raise ValueError(f"--weights is for model names; {args.model} brings its own")
+    else:
+        model = models.create(args.model)
     results, failures = predict.classify(model, args.images, batch_size=args.batch_size, top=args.top)
     for path, top in results:
         print(f"{path}:")
@@ -238,8 +243,12 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="top ImageNet classes of images", formatter_class=fmt)
     r.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP) or folders of them")
-    r.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL, help="the network")
-    r.add_argument("--weights", default="imagenet", help="a tag (imagenet, ...) or a weights file")
+    r.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a network ({', '.join(MODEL_NAMES)}) or a .keras file (a fine-tuned model, with its classes)",
+    )
+    r.add_argument("--weights", help="with a network name: a tag or a weights file (default: imagenet)")
     r.add_argument("--top", type=int, default=5, help="classes shown per image")
     r.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     r.set_defaults(func=cmd_predict)

@@ -89,9 +89,16 @@ class Result:
     confused: list[tuple[str, str, int]]
 
 
-def _class_offset(model: keras.Model, classes: int) -> int:
+def _class_offset(model: keras.Model, class_names: Sequence[str]) -> int:
     """0 when the model has one output per class, 1 for slim's 1001 (background first)."""
+    classes = len(class_names)
     outputs = model.outputs[0].shape[-1]
+    recorded = getattr(model.get_layer(model.output_names[0]), "class_names", None)
+    if recorded and list(recorded) != list(class_names):
+        raise ValueError(
+            f"model {model.name} was trained on the classes {recorded[:5]}..., "
+            f"the data has {list(class_names)[:5]}..."
+        )
     if outputs == classes:
         return 0
     if outputs == classes + 1:
@@ -122,8 +129,7 @@ def evaluate(
     """
     if scheme not in CROP_SCHEMES:
         raise ValueError(f"crop scheme must be one of {CROP_SCHEMES}, got {scheme}")
-    classes = len(class_names)
-    offsets = [_class_offset(model, classes) for model in models]
+    offsets = [_class_offset(model, class_names) for model in models]
     per_batch = max(1, batch_size // scheme)  # images per forward pass
     views = (
         dataset.take(limit or -1)

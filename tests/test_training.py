@@ -355,6 +355,8 @@ def test_evaluate_errors_ensembles_and_confusion():
         [_fixed_model(4, 3)], images, names, 1, 75
     )  # 1001-style: column 0 dropped
     assert slim_style.top1_error == 75.0
+    with pytest.raises(ValueError, match="has 7 outputs, the data 3 classes"):
+        evaluation.evaluate([_fixed_model(7, 3)], images, names, 1, 75)
 
 
 def _free_port() -> int:
