@@ -353,15 +353,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command's arguments (``benchmark`` passes its own on to the tool)."""
     p = parser()
-    args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, extra = p.parse_known_args(argv)
     if args.command == "benchmark":
-        args.options = extra  # tools/benchmark.py parses its own options
+        args.options, extra = extra, []  # tools/benchmark.py parses its own options
     elif args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
         args.output = extra.pop()  # OUTPUT after the options: argparse leaves it over
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

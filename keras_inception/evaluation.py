@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_inception import preprocessing
+from keras_inception.layers import output_layers
 
 GOOGLENET_SCALES = (256, 288, 320, 352)
 CROP_SCHEMES = (1, 12, 144)
@@ -93,7 +94,7 @@ def _class_offset(model: keras.Model, class_names: Sequence[str]) -> int:
     """0 when the model has one output per class, 1 for slim's 1001 (background first)."""
     classes = len(class_names)
     outputs = model.outputs[0].shape[-1]
-    recorded = getattr(model.get_layer(model.output_names[0]), "class_names", None)
+    recorded = getattr(output_layers(model)[0], "class_names", None)
     if recorded and list(recorded) != list(class_names):
         raise ValueError(
             f"model {model.name} was trained on the classes {recorded[:5]}..., "

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_inception import files, imagenet, preprocessing
+from keras_inception.layers import output_layers
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -60,7 +61,7 @@ def class_names(model_or_classes: keras.Model | int) -> list[str]:
     else ImageNet's for 1000 / 1001 outputs (slim's background first), else the indices."""
     if isinstance(model_or_classes, keras.Model):
         model = model_or_classes
-        recorded = getattr(model.get_layer(model.output_names[0]), "class_names", None)
+        recorded = getattr(output_layers(model)[0], "class_names", None)
         if recorded:
             return list(recorded)
         classes = model.outputs[0].shape[-1]

@@ -190,3 +190,9 @@ class ClassifierOutput(layers.Activation):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_names": self.class_names}
+
+
+def output_layers(model: keras.Model) -> list[layers.Layer]:
+    """The layers that produce ``model``'s outputs, in output order."""
+    names = getattr(model, "output_names", None)
+    return [model.get_layer(name) for name in names] if names else [model.layers[-1]]

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_inception import files, registry, runs
+from keras_inception.layers import output_layers
 from keras_inception.models.base import all_layers
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
@@ -232,12 +233,12 @@ def add_l2_loss(model: keras.Model, weight_decay: float, biases: bool = False) -
 def outputs_logits(model: keras.Model) -> bool:
     """Whether the model's outputs are logits, read from its output layers' activation."""
     kinds = set()
-    for output in model.output_names:
-        activation = getattr(model.get_layer(output), "activation", None)
+    for layer in output_layers(model):
+        activation = getattr(layer, "activation", None)
         name = getattr(activation, "__name__", str(activation))
         if name not in ("linear", "softmax"):
             raise ValueError(
-                f"output {output} is neither logits nor a softmax ({name}): cannot choose the loss"
+                f"output {layer.name} is neither logits nor a softmax ({name}): cannot choose the loss"
             )
         kinds.add(name == "linear")
     if len(kinds) != 1:

@@ -187,23 +187,22 @@ def _random_data(n=16, classes=3, aux=False):
     return ds
 
 
-def test_aux_head_training_uses_the_weighted_loss(tmp_path):
-    def build():
-        return ki.InceptionV4(
-            input_shape=(139, 139, 3), width=0.25, depths=(1, 1, 1), classes=3, aux_logits=True
-        )
-
-    resized = _random_data(aux=True, n=8).map(lambda x, y: (tf.image.resize(x, (139, 139)), y))
-    model = training.train(build, resized, None, str(tmp_path / "aux"), 1, 2, training.Recipe(), verbose=0)
-    assert model.output_names == ["Predictions", "AuxPredictions"]
-    x, (y, _) = next(iter(resized))
+def test_compiled_loss_is_slims_total_loss():
+    """CE(logits) + 0.4 CE(aux logits), label smoothing 0.1, plus the L2 loss 4e-5 * sum(w^2) / 2."""
+    model = ki.InceptionResNetV1(
+        input_shape=(139, 139, 3), width=0.25, depths=(1, 1, 1), classes=3, aux_logits=True
+    )
+    training.compile_model(model, training.Recipe.slim(), steps_per_epoch=10, l2_biases=True)
+    x, (y, _) = next(iter(_random_data(aux=True, n=8).map(lambda x, y: (tf.image.resize(x, (139, 139)), y))))
     main, aux = model(x, training=False)
     ce = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
-    l2 = sum(2e-5 * float(np.sum(np.square(w))) for w in model.trainable_weights if "kernel" in w.path)
-    assert float(sum(model.losses)) == pytest.approx(l2, rel=1e-4)  # slim's 4e-5 * sum(w^2) / 2
+    weights = [w for w in model.trainable_weights if w.path.endswith(("kernel", "bias"))]
+    l2 = sum(2e-5 * float(np.sum(np.square(w))) for w in weights)
+    assert float(sum(model.losses)) == pytest.approx(l2, rel=1e-4)  # biases too, for the Inception-ResNets
     expected = float(ce(y, main)) + 0.4 * float(ce(y, aux)) + l2
     logs = model.evaluate(x, (y, y), verbose=0, return_dict=True)
-    assert logs["loss"] == pytest.approx(expected, rel=1e-3)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+    assert training.outputs_logits(model) is False
 
 
 def test_transfer_model_keeps_batchnorm_in_inference_mode():

@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import data, reporting, training  # noqa: E402
+from keras_inception import data, registry, reporting, training  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
 
 OUT = "docs/reproduction"
@@ -92,9 +92,9 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
         # BN moving averages at slim's 0.9997 would still be near their start after a
         # short run; 0.99 lets inference-mode evaluation see trained statistics.
         model = builder(input_shape=(size, size, 3), classes=train_src.num_classes, bn_momentum=0.99, **extra)
-        recipe = training.Recipe(learning_rate=learning_rate or args.learning_rate, ema_momentum=None)
+        recipe = training.Recipe.slim(learning_rate=learning_rate or args.learning_rate, ema_decay=None)
         steps_per_epoch = max(1, train_src.num_examples // args.batch_size)
-        training.compile_recipe(model, recipe, steps_per_epoch)
+        training.compile_model(model, recipe, steps_per_epoch, l2_biases=registry.family(name).l2_biases)
     train = data.pipeline(train_src, args.batch_size, True, size, seed=seed, repeat=True, augmentation="flip")
     val = data.pipeline(
         data.Source(val_src.dataset.take(args.eval_images), val_src.class_names, None),
