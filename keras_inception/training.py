@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras_inception import files, registry, runs
 from keras_inception.layers import output_layers
 from keras_inception.models.base import all_layers
+from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -72,125 +73,6 @@ class Recipe:
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-
-
-@keras.saving.register_keras_serializable(package="keras_inception")
-class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``initial``, then ``initial * rate ** floor(step / decay_steps)``."""
-
-    def __init__(self, initial: float, decay_steps: int, rate: float, warmup_steps: int = 0):
-        self.initial, self.decay_steps, self.rate, self.warmup_steps = (
-            initial,
-            decay_steps,
-            rate,
-            warmup_steps,
-        )
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        decayed = self.initial * keras.ops.power(self.rate, keras.ops.floor(step / self.decay_steps))
-        if not self.warmup_steps:
-            return decayed
-        warm = self.initial * (step + 1.0) / self.warmup_steps
-        return keras.ops.where(step < self.warmup_steps, warm, decayed)
-
-    def get_config(self) -> dict:
-        return {
-            "initial": self.initial,
-            "decay_steps": self.decay_steps,
-            "rate": self.rate,
-            "warmup_steps": self.warmup_steps,
-        }
-
-
-@keras.saving.register_keras_serializable(package="keras_inception")
-class SlimRMSprop(keras.optimizers.Optimizer):
-    """TF1's ``RMSPropOptimizer`` with slim's parameter moving average.
-
-    ``ms = rho * ms + (1 - rho) * g^2`` (``ms`` starts at 1.0, as TF1's),
-    ``mom = momentum * mom + lr * g / sqrt(ms + epsilon)``, ``w -= mom``. After each
-    step, every variable given to :meth:`track_averages` moves its average by
-    ``avg -= (1 - d) * (avg - w)`` with ``d = min(ema_decay, (1 + t) / (10 + t))``,
-    ``t`` the steps taken so far (TF1's ``ExponentialMovingAverage(num_updates=)``).
-    The averages are optimizer variables: checkpoints and resumes keep them.
-    """
-
-    def __init__(
-        self,
-        learning_rate=0.045,
-        rho=0.9,
-        momentum=0.9,
-        epsilon=1.0,
-        ema_decay=None,
-        name="slim_rmsprop",
-        **kwargs,
-    ):
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.rho, self.momentum, self.epsilon, self.ema_decay = rho, momentum, epsilon, ema_decay
-        self.averaged_variables: list = []
-        self.averages: list = []
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        self._mean_squares = self.add_optimizer_variables(var_list, "rms", initializer="ones")
-        self._moments = self.add_optimizer_variables(var_list, "momentum")
-
-    def track_averages(self, variables) -> None:
-        """Keep moving averages of ``variables`` (a model's weights), starting at their values."""
-        if self.ema_decay is None:
-            return
-        for variable in variables:
-            if "float" not in str(variable.dtype):
-                continue
-            average = self.add_variable_from_reference(variable, "average")
-            average.assign(variable)
-            self.averaged_variables.append(variable)
-            self.averages.append(average)
-
-    def update_step(self, gradient, variable, learning_rate):
-        lr = keras.ops.cast(learning_rate, variable.dtype)
-        gradient = keras.ops.cast(gradient, variable.dtype)
-        index = self._get_variable_index(variable)
-        ms, mom = self._mean_squares[index], self._moments[index]
-        self.assign(ms, self.rho * ms + (1.0 - self.rho) * keras.ops.square(gradient))
-        self.assign(mom, self.momentum * mom + lr * gradient / keras.ops.sqrt(ms + self.epsilon))
-        self.assign_sub(variable, mom)
-
-    def apply(self, grads, trainable_variables=None):
-        super().apply(grads, trainable_variables)
-        if self.averages:
-            self._update_averages()
-
-    def _update_averages(self) -> None:
-        t = keras.ops.cast(self.iterations, "float32")
-        decay = keras.ops.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
-
-        def move(average, variable):
-            rate = keras.ops.cast(1.0 - decay, average.dtype)
-            average.assign(average - rate * (average - variable))
-
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            pairs = list(zip(self.averages, self.averaged_variables, strict=True))
-
-            def merged(strategy):  # under strategy.run: update every replica's copy once
-                for average, variable in pairs:
-                    strategy.extended.update(average, move, args=(variable,))
-
-            tf.distribute.get_replica_context().merge_call(merged)
-        else:
-            for average, variable in zip(self.averages, self.averaged_variables, strict=True):
-                move(average, variable)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "rho": self.rho,
-            "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "ema_decay": self.ema_decay,
-        }
 
 
 def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> SlimRMSprop:

@@ -31,7 +31,7 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
             "--matmul-size",
             "256",
             "--image-size",
-            "139",
+            "75",
             "--skip-deploy",
             "--train-batch-sizes",
             "--sizes",

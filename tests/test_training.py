@@ -206,7 +206,9 @@ def test_compiled_loss_is_slims_total_loss():
 
 
 def test_transfer_model_keeps_batchnorm_in_inference_mode():
-    model, base = finetune.transfer_model("inception_resnet_v1", list("abcd"), weights=None, image_size=75)
+    model, base = finetune.transfer_model(
+        "inception_resnet_v1", list("abcd"), weights=None, image_size=75, depths=(1, 1, 1)
+    )
     assert not base.trainable
     count = finetune.unfreeze(base, "Mixed_7a")
     assert count > 0
