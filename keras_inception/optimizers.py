@@ -113,8 +113,8 @@ class SlimRMSprop(keras.optimizers.Optimizer):
             pairs = list(zip(self.averages, self.averaged_variables, strict=True))
 
             def merged(strategy):  # under strategy.run: update every replica's copy once
-                for average, variable in pairs:
-                    strategy.extended.update(average, move, args=(variable,))
+                for average, variable in pairs:  # the tf.Variables behind the Keras ones
+                    strategy.extended.update(average.value, move, args=(variable.value,), group=False)
 
             tf.distribute.get_replica_context().merge_call(merged)
         else:

@@ -285,7 +285,9 @@ def _cifar_folder(root, classes: list[str], per_class: int):
 def test_short_finetune_on_cifar10_beats_chance(tmp_path):
     """No ImageNet weights can be had here, so the base is pretrained on five CIFAR-10
     classes first; fine-tuning then transfers it to the five others."""
-    small = {"width": 0.5, "depths": (1, 2, 1)}
+    # BatchNorm statistics at slim's 0.9997 would stay near their start in 200 steps, and the
+    # frozen base uses them: 0.99 lets the short pretraining leave usable statistics.
+    small = {"width": 0.5, "depths": (1, 2, 1), "bn_momentum": 0.99}
     keras.utils.set_random_seed(0)
     source = data.image_folder(
         str(_cifar_folder(tmp_path / "a", ["airplane", "automobile", "bird", "cat", "deer"], 400))
@@ -397,6 +399,7 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_two_workers_agree_and_equal_one_process(tmp_path):
     w0, w1, single = _run_job(tmp_path, "inference")
+    print(f"workers differ by {_max_diff(w0, w1):.1e}, from one process by {_max_diff(w0, single):.1e}")
     assert _max_diff(w0, w1) == 0.0
     assert _max_diff(w0, single) <= 1e-5
     np.testing.assert_allclose(w0["losses"], single["losses"], rtol=1e-5)
@@ -406,6 +409,9 @@ def test_two_workers_agree_and_equal_one_process(tmp_path):
 @pytest.mark.slow
 def test_two_workers_with_synchronized_batchnorm_stay_identical(tmp_path):
     w0, w1, single = _run_job(tmp_path, "sync")
+    print(
+        f"sync BN: workers differ by {_max_diff(w0, w1):.1e}, from one process by {_max_diff(w0, single):.1e}"
+    )
     assert _max_diff(w0, w1) == 0.0
     assert w0["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)  # global batch statistics
 
