@@ -13,9 +13,10 @@ import re
 
 import tensorflow as tf
 
+from keras_inception import registry
 from keras_inception.imagenet import preprocess_input
 
-EVAL_CENTRAL_FRACTION = 0.875
+EVAL_CENTRAL_FRACTION = registry.EVAL_CROP_FRACTION
 MAX_PIXELS = 50_000_000  # images larger than this (width x height) are refused before decoding
 MAX_PIXELS_ENV = "KERAS_INCEPTION_MAX_PIXELS"
 

@@ -49,6 +49,9 @@ class Family:
     l2_biases: bool = False
 
 
+EVAL_CROP_FRACTION = 0.875  # slim's central crop for evaluation
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainedConfig:
     """One published slim checkpoint and the conventions it was trained with.
@@ -75,7 +78,7 @@ class PretrainedConfig:
     num_classes: int = 1001
     label_offset: int = 1
     input_size: int = 299
-    crop_fraction: float = 0.875
+    crop_fraction: float = EVAL_CROP_FRACTION
     value_range: tuple[float, float] = (-1.0, 1.0)
 
 

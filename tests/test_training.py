@@ -263,6 +263,9 @@ def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
     assert summary["best"] == max(summary["history"]["val_top1"])
     best = keras.saving.load_model(os.path.join(out, "best.keras"))
     assert export.class_names(best) == ["blue", "red"]  # the class names travel with the model
+    photo = str(folder / "red" / "0.jpg")
+    assert cli.main(["predict", photo, "--model", os.path.join(out, "best.keras"), "--top", "2"]) == 0
+    assert sorted(line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]) == ["blue", "red"]
 
 
 def _cifar_folder(root, classes: list[str], per_class: int):

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import tarfile
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,7 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import data, registry, reporting, training  # noqa: E402
+from keras_inception import data, files, registry, reporting, training  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
 
 OUT = "docs/reproduction"
@@ -55,12 +54,9 @@ def open_data(spec: str, seed: int) -> tuple[data.Source, data.Source]:
             os.path.basename(spec).split(".")[0],
         )
         if not os.path.isdir(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            staging = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".partial-")
             print(f"extracting {spec} ...", flush=True)
-            with tarfile.open(spec) as tar:
+            with files.atomic_path(target) as staging, tarfile.open(spec) as tar:  # never half-extracted
                 tar.extractall(staging, filter="data")
-            os.rename(staging, target)  # atomic: a half-extracted folder is never used
         folders = [os.path.join(target, d) for d in os.listdir(target)]
         spec = folders[0] if len(folders) == 1 and os.path.isdir(folders[0]) else target
     return data.split_folder(spec, 0.1, seed)
