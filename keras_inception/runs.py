@@ -55,6 +55,16 @@ def averaged_weights(model: keras.Model) -> Iterator[None]:
         swap_averages(model)
 
 
+def save_model(model: keras.Model, path: str) -> str:
+    """``model``'s layers and weights as a ``.keras`` file, atomically, without its training
+    state (optimizer and its averages live in the run's state): it loads without warnings."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    with files.atomic_path(path) as staged:
+        copy.save(staged)
+    return path
+
+
 class Run:
     """The output folder of one training run (see the module docstring).
 
@@ -146,8 +156,8 @@ class Run:
         if self.monitor not in logs:
             raise ValueError(f"cannot keep the best model: no {self.monitor!r} in {sorted(logs)}")
         if self._improved(row[self.monitor]):
-            with averaged_weights(model), files.atomic_path(self.path("best.keras")) as staged:
-                model.save(staged)
+            with averaged_weights(model):
+                save_model(model, self.path("best.keras"))
             state.update(best=row[self.monitor], best_epoch=epoch)
         weights = f"state-{epoch + 1:05d}.weights.h5"
         with files.atomic_path(self.path(weights)) as staged:
@@ -232,6 +242,7 @@ def fit(
             epochs=epochs,
             initial_epoch=start,
             steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # tf.data pipelines shuffle themselves
             callbacks=[RunCallback(run, phase), *(callbacks or [])],
             verbose=verbose,
         )

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import files, registry, runs
+from keras_inception import registry, runs
 from keras_inception.layers import output_layers
 from keras_inception.models.base import all_layers
 from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay
@@ -245,8 +245,7 @@ def train(
         verbose=verbose,
     )
     runs.swap_averages(model)  # from here on the model is the averaged one
-    with files.atomic_path(os.path.join(output_dir, "final.keras")) as staged:
-        model.save(staged)
+    runs.save_model(model, os.path.join(output_dir, "final.keras"))
     return model
 
 
@@ -371,8 +370,7 @@ def train_network(
         l2_biases=l2_biases,
     )
     runs.swap_averages(model)
-    with files.atomic_path(os.path.join(output_dir, "final.keras")) as staged:
-        model.save(staged)
+    runs.save_model(model, os.path.join(output_dir, "final.keras"))
     return model
 
 
