@@ -22,7 +22,6 @@ from keras_inception.layers import output_layers
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FORMATS = ("savedmodel", "tflite", "onnx")
-KERAS_OUTPUTS = (".keras", ".weights.h5")
 SAVED_MODELS = "saved_models"
 
 
