@@ -6,12 +6,15 @@ up the averaged weights in place of the trained ones when EMA swapping runs firs
 and can leave a history that disagrees with the backup. :class:`Run` keeps one state
 instead, written after every epoch in this order, each file atomically:
 
-1. ``best.keras``, when the monitored value improved (the parameter averages in it,
-   when the optimizer keeps them);
-2. ``state-<epoch>.weights.h5`` (model and optimizer, trained weights), then
-   ``state.json`` (the epoch, the phase, the best so far and the whole history),
-   which is what a resumed run trusts; older state files are removed after it;
-3. ``history.csv``, ``history.json`` and ``curves.png``, written from that history.
+1. ``best-<epoch>.keras``, when the monitored value improved (the parameter averages
+   in it, when the optimizer keeps them), and ``state-<epoch>.weights.h5`` (model and
+   optimizer, trained weights);
+2. ``state.json`` (the epoch, the phase, the best so far, the whole history): the
+   commit point, what a resumed run trusts;
+3. ``best-<epoch>.keras`` renamed to ``best.keras``, older state files removed (a run
+   killed before this finishes it when it resumes; files of an epoch killed before
+   step 2 are removed);
+4. ``history.csv``, ``history.json`` and ``curves.png``, written from that history.
 
 A killed run is resumed by running it again into the same folder: ``run.json``
 must hold the same settings, so two different runs are never mixed.
@@ -94,6 +97,7 @@ class Run:
         else:
             files.write_bytes(path, json.dumps(settings, indent=1).encode())
         self.state = self._read_state()
+        self._publish()
 
     # ------------------------------------------------------------ paths and state
 
@@ -108,6 +112,7 @@ class Run:
                 "weights": None,
                 "best": None,
                 "best_epoch": None,
+                "best_file": None,
                 "history": [],
             }
         with open(self.path(STATE)) as f:
@@ -151,23 +156,31 @@ class Run:
 
     def end_epoch(self, model: keras.Model, epoch: int, logs: dict, phase: str) -> None:
         """Record a finished epoch: best model, then state, then the history files."""
-        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
-        state = dict(self.state, history=[*self.state["history"], row], epoch=epoch + 1, phase=phase)
         if self.monitor not in logs:
             raise ValueError(f"cannot keep the best model: no {self.monitor!r} in {sorted(logs)}")
+        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
+        state = dict(self.state, history=[*self.state["history"], row], epoch=epoch + 1, phase=phase)
         if self._improved(row[self.monitor]):
+            state.update(best=row[self.monitor], best_epoch=epoch, best_file=f"best-{epoch + 1:05d}.keras")
             with averaged_weights(model):
-                save_model(model, self.path("best.keras"))
-            state.update(best=row[self.monitor], best_epoch=epoch)
-        weights = f"state-{epoch + 1:05d}.weights.h5"
-        with files.atomic_path(self.path(weights)) as staged:
+                save_model(model, self.path(state["best_file"]))
+        state["weights"] = f"state-{epoch + 1:05d}.weights.h5"
+        with files.atomic_path(self.path(state["weights"])) as staged:
             model.save_weights(staged)
-        files.write_bytes(self.path(STATE), json.dumps(dict(state, weights=weights), indent=1).encode())
-        for old in os.listdir(self.directory):
-            if old.startswith("state-") and old != weights:
-                os.remove(self.path(old))
-        self.state = self._read_state()
+        files.write_bytes(self.path(STATE), json.dumps(state, indent=1).encode())  # the commit point
+        self.state = state
+        self._publish()
         self.write_history()
+
+    def _publish(self) -> None:
+        """Rename the committed best model to ``best.keras``; remove what no state refers to."""
+        best = self.state.get("best_file")
+        if best and os.path.exists(self.path(best)):
+            os.replace(self.path(best), self.path("best.keras"))
+        for name in os.listdir(self.directory):
+            stale_state = name.startswith("state-") and name != self.state["weights"]
+            if stale_state or (name.startswith("best-") and name.endswith(".keras")):
+                os.remove(self.path(name))
 
     def write_history(self) -> None:
         """``history.csv``, ``history.json`` and ``curves.png`` from the recorded history."""
@@ -207,14 +220,12 @@ class RunCallback(keras.callbacks.Callback):
     def __init__(self, run: Run, phase: str):
         super().__init__()
         self.run, self.phase = run, phase
-        self._swap = None
 
     def on_test_begin(self, logs=None):
-        self._swap = averaged_weights(self.model)
-        self._swap.__enter__()
+        swap_averages(self.model)
 
     def on_test_end(self, logs=None):
-        self._swap.__exit__(None, None, None)
+        swap_averages(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         self.run.end_epoch(self.model, epoch, logs or {}, self.phase)
@@ -234,7 +245,7 @@ def fit(
     verbose: int | str = "auto",
 ) -> dict[str, list]:
     """``model.fit`` up to ``epochs`` within ``run``, resuming where it stopped; the history."""
-    start = max(initial_epoch, run.restore(model, phase) if run.epoch > initial_epoch else initial_epoch)
+    start = run.restore(model, phase) if run.epoch > initial_epoch else initial_epoch
     if start < epochs:
         model.fit(
             train_data,

@@ -163,3 +163,28 @@ def test_sigkill_at_any_moment_then_rerun_ends_like_an_uninterrupted_run(tmp_pat
     subprocess.run([sys.executable, str(script), cut], env=env, check=True, timeout=600)
     assert_same_weights(os.path.join(whole, "final.keras"), os.path.join(cut, "final.keras"))
     assert not [f for f in os.listdir(cut) if f.startswith(".partial")]
+
+
+def test_a_kill_between_commit_and_rename_never_leaves_a_wrong_best_model(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    run = runs.Run(str(tmp_path), {"job": 1}, "val_top1")
+    model.layers[0].kernel.assign(np.ones((2, 1)))
+    run.end_epoch(model, 0, {"val_top1": 0.5}, "train")
+    (tmp_path / "best-00009.keras").write_bytes(b"from an epoch killed before its commit")
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed after state.json, before best.keras")
+
+    model.layers[0].kernel.assign(np.full((2, 1), 3.0))
+    monkeypatch.setattr(runs.Run, "_publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.end_epoch(model, 1, {"val_top1": 0.9}, "train")
+    monkeypatch.undo()
+    resumed = runs.Run(str(tmp_path), {"job": 1}, "val_top1")  # finishes the committed epoch
+    assert resumed.best == (1, 0.9)
+    best = keras.saving.load_model(tmp_path / "best.keras")
+    np.testing.assert_array_equal(best.layers[0].kernel.numpy(), np.full((2, 1), 3.0))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("best-", "state-"))) == [
+        "state-00002.weights.h5"
+    ]

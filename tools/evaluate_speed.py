@@ -16,7 +16,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_inception import evaluation, models, predict, preprocessing  # noqa: E402
@@ -39,7 +38,10 @@ def main() -> None:
     size = model.input_shape[1]
     paths = predict.image_files(args.folder)[: args.limit]
     images = [preprocessing.load_image(path).numpy() for path in paths]
-    dataset = tf.data.Dataset.from_tensor_slices((np.stack(images), np.zeros(len(images), np.int64)))
+    dataset = tf.data.Dataset.from_generator(  # images of any sizes
+        lambda: ((image, 0) for image in images),
+        output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)),
+    )
     names = [str(i) for i in range(model.outputs[0].shape[-1])]
     per_image(model, images[:2], args.crops, size)  # warm-up of both paths
     evaluation.evaluate([model], dataset.take(2), names, args.crops, size)
