@@ -474,6 +474,7 @@ class ResidualDeathMonitor(keras.callbacks.Callback):
         )
         self.events: list[tuple[int, str, float, float]] = []
         self.trace: list[tuple[int, float]] = []
+        self.batch_trace: list[tuple[int, float]] = []
         self._features = None
         self._step = 0
 
@@ -490,6 +491,11 @@ class ResidualDeathMonitor(keras.callbacks.Callback):
         features = np.asarray(self._features(self.probe, training=False))
         zeros = float(np.mean(features == 0.0))
         self.trace.append((self._step, zeros))
+        state = [v.numpy() for v in self._features.non_trainable_variables]
+        batch_features = np.asarray(self._features(self.probe, training=True))
+        for variable, value in zip(self._features.non_trainable_variables, state, strict=True):
+            variable.assign(value)
+        self.batch_trace.append((self._step, float(np.mean(batch_features == 0.0))))
         reason = (
             "loss diverged"
             if dead_loss

@@ -17,10 +17,12 @@ scale the same runs up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
 import platform
+import subprocess
 import tarfile
 import time
 
@@ -30,13 +32,19 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import keras_inception  # noqa: E402
 from keras_inception import data, files, registry, reporting, training  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
 
 OUT = "docs/reproduction"
-PAIRS = {  # (non-residual, residual) with depths chosen for matched multiply-adds at width 0.5
-    "v3 vs IRv1": (("inception_v3", (1, 2, 1)), ("inception_resnet_v1", (1, 2, 1))),
+PAIRS = {  # (non-residual, residual), depths chosen so multiply-adds match within 2% at width 0.5, 75x75
+    "v3 vs IRv1": (("inception_v3", (2, 2, 1)), ("inception_resnet_v1", (1, 2, 1))),
     "v4 vs IRv2": (("inception_v4", (1, 2, 1)), ("inception_resnet_v2", (2, 7, 2))),
+}
+MATCH_TOLERANCE = 0.02  # relative multiply-add difference allowed within a pair
+DEFAULTS = {  # per experiment: what the recorded runs used
+    "residual-speedup": {"steps": 1200, "eval_every": 200, "learning_rate": 0.045},
+    "residual-scaling": {"steps": 300, "eval_every": 50, "learning_rate": 0.2},
 }
 
 
@@ -63,22 +71,59 @@ def open_data(spec: str, seed: int) -> tuple[data.Source, data.Source]:
 
 
 class Timer(keras.callbacks.Callback):
-    """Training wall time, excluding the evaluations between epochs."""
+    """Training wall and CPU time, excluding the evaluations between epochs, and the
+    machine's 1-minute load average at each mark (to tell whether wall times compare)."""
 
     def __init__(self):
         super().__init__()
-        self.elapsed, self.marks = 0.0, []
+        self.wall, self.cpu, self.marks, self.cpu_marks, self.load = 0.0, 0.0, [], [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.elapsed += time.perf_counter() - self._start
-        self.marks.append(self.elapsed)
+        self.wall += time.perf_counter() - self._start
+        self.cpu += time.process_time() - self._cpu_start
+        self.marks.append(self.wall)
+        self.cpu_marks.append(self.cpu)
+        self.load.append(os.getloadavg()[0])
 
 
-def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learning_rate=None) -> dict:
-    """Train one configuration; evaluate every ``--eval-every`` steps."""
+def provenance() -> dict:
+    """Package version, commit (``-dirty`` with uncommitted changes) and machine of a run."""
+
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            names = [ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "package_version": keras_inception.__version__,
+        "commit": commit,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run(args, name: str, seed: int, extra: dict, callbacks=()) -> dict:
+    """Train one configuration for ``--steps``; evaluate every ``--eval-every`` steps."""
+    started = provenance()
     keras.utils.set_random_seed(seed)
     train_src, val_src = open_data(args.data, 0)
     builder = get(name)
@@ -88,7 +133,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
         # BN moving averages at slim's 0.9997 would still be near their start after a
         # short run; 0.99 lets inference-mode evaluation see trained statistics.
         model = builder(input_shape=(size, size, 3), classes=train_src.num_classes, bn_momentum=0.99, **extra)
-        recipe = training.Recipe.slim(learning_rate=learning_rate or args.learning_rate, ema_decay=None)
+        recipe = training.Recipe.slim(learning_rate=args.learning_rate, ema_decay=None)
         steps_per_epoch = max(1, train_src.num_examples // args.batch_size)
         training.compile_model(model, recipe, steps_per_epoch, l2_biases=registry.family(name).l2_biases)
     train = data.pipeline(train_src, args.batch_size, True, size, seed=seed, repeat=True, augmentation="flip")
@@ -99,6 +144,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
         size,
     )
     timer = Timer()
+    steps = args.steps
     every = min(args.eval_every, steps)
     history = model.fit(
         train,
@@ -111,6 +157,7 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
     h = history.history
     evaluated = len(h.get("val_top1", []))
     return {
+        "experiment": args.experiment,
         "model": name,
         "seed": seed,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
@@ -118,12 +165,20 @@ def run(args, name: str, seed: int, steps: int, extra: dict, callbacks=(), learn
         "parameters": model.count_params(),
         "steps": [every * (i + 1) for i in range(evaluated)],
         "wall_s": timer.marks[:evaluated],
+        "cpu_s": timer.cpu_marks[:evaluated],
+        "load_average": timer.load[:evaluated],
         "loss": h["loss"],
         "top1_error": [100 * (1 - a) for a in h.get("val_top1", [])],
-        "top5_error": [100 * (1 - a) for a in h.get("val_top5", [])],
         "learning_rate": recipe.learning_rate,
         "batch_size": args.batch_size,
         "image_size": size,
+        "bn_momentum": 0.99,
+        "augmentation": "flip",
+        "train_examples": train_src.num_examples,
+        "eval_images": args.eval_images,
+        "recipe": dataclasses.asdict(recipe),
+        "args": {k: v for k, v in vars(args).items()},
+        **started,
     }
 
 
@@ -131,13 +186,26 @@ def save(args, result: dict, experiment: str, tag: str) -> None:
     reporting.write_text(os.path.join(args.output, experiment, f"{tag}.json"), [json.dumps(result, indent=1)])
 
 
+def pair_mismatch(pair: str, width: float, image_size: int) -> float:
+    """Relative multiply-add difference of a pair's residual network against its plain one."""
+    (plain, dp), (residual, dr) = PAIRS[pair]
+    shape = (image_size, image_size, 3)
+    a = multiply_adds(get(plain)(input_shape=shape, classes=10, width=width, depths=dp))
+    b = multiply_adds(get(residual)(input_shape=shape, classes=10, width=width, depths=dr))
+    return b / a - 1.0
+
+
 def residual_speedup(args) -> None:
     for key, pair in PAIRS.items():
         if key.split()[0] not in args.pairs:
             continue
+        mismatch = pair_mismatch(key, args.width, args.image_size)
+        note = "matched" if abs(mismatch) <= MATCH_TOLERANCE else f"NOT matched (over {MATCH_TOLERANCE:.0%})"
+        print(f"{key}: multiply-adds differ by {mismatch:+.2%}, {note}", flush=True)
         for name, depths in pair:
             for seed in args.seeds:
-                result = run(args, name, seed, args.steps, {"width": args.width, "depths": depths})
+                result = run(args, name, seed, {"width": args.width, "depths": depths})
+                result["pair"], result["pair_mismatch"] = key, mismatch
                 save(args, result, "residual-speedup", f"{name}_lr{args.learning_rate}_seed{seed}")
                 print(f"{name} seed {seed}: top-1 error {result['top1_error'][-1]:.1f}%", flush=True)
 
@@ -145,15 +213,20 @@ def residual_speedup(args) -> None:
 def residual_scaling(args) -> None:
     train_src, _ = open_data(args.data, 0)
     probe = next(iter(data.pipeline(train_src, 16, False, args.image_size)))[0]
-    for scale in args.scales:
-        monitor = training.ResidualDeathMonitor(probe, every=args.probe_every, stop=True)
-        extra = {"width": 1.0, "depths": tuple(args.wide_depths), "scales": (scale, scale, scale)}
-        result = run(
-            args, "inception_resnet_v2", args.seeds[0], args.steps, extra, [monitor], args.learning_rate
-        )
-        result.update(scale=scale, died_at=monitor.died_at, events=monitor.events, zero_trace=monitor.trace)
-        save(args, result, "residual-scaling", f"scale{scale}")
-        print(f"scale {scale}: died at {monitor.died_at}; events {monitor.events[:1]}", flush=True)
+    for seed in args.seeds:
+        for scale in args.scales:
+            monitor = training.ResidualDeathMonitor(probe, every=args.probe_every, stop=True)
+            extra = {"width": 1.0, "depths": tuple(args.wide_depths), "scales": (scale, scale, scale)}
+            result = run(args, "inception_resnet_v2", seed, extra, [monitor])
+            result.update(
+                scale=scale,
+                died_at=monitor.died_at,
+                events=monitor.events,
+                zero_trace=monitor.trace,
+                batch_stat_zero_trace=monitor.batch_trace,
+            )
+            save(args, result, "residual-scaling", f"scale{scale}_seed{seed}")
+            print(f"scale {scale} seed {seed}: died at {monitor.died_at}; {monitor.events[:1]}", flush=True)
 
 
 def _load(out: str, experiment: str) -> list[dict]:
@@ -361,14 +434,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=("residual-speedup", "residual-scaling", "report"))
     p.add_argument("--data", default="../shared/datasets/cifar10/cifar10-train.tar.gz")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-images", type=int, default=2000)
+    p.add_argument("--steps", type=int, help="training steps per run (1200 speed-up, 300 scaling)")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (200 speed-up, 50 scaling)")
+    p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=75)
     p.add_argument("--width", type=float, default=0.5, help="residual-speedup channel multiplier")
-    p.add_argument("--learning-rate", type=float, default=0.045)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--learning-rate", type=float, help="initial learning rate (0.045 speed-up, 0.2 scaling)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--pairs",
         nargs="+",
@@ -387,6 +460,9 @@ def main() -> None:
     )
     p.add_argument("--output", default=OUT)
     args = p.parse_args()
+    for key, value in DEFAULTS.get(args.experiment, {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     {"residual-speedup": residual_speedup, "residual-scaling": residual_scaling, "report": report}[
         args.experiment
     ](args)
