@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_inception import registry, slim
+from keras_inception.layers import SEPARATOR
 
 HEAD_SCOPES = ("Logits", "AuxLogits")
 
@@ -117,6 +118,24 @@ def _fit_classes(value: np.ndarray, target: tuple) -> np.ndarray:
     return value
 
 
+FIRST_CONV = "Conv2d_1a_3x3/weights"  # every network's first convolution, the one reading the image
+
+
+def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """A first-convolution kernel ``(h, w, c, out)`` for ``channels`` inputs, as timm adapts it.
+
+    One channel: the sum over the RGB kernels (a grayscale ``g`` then gives what RGB
+    ``[g, g, g]`` gives). More: the kernels repeated to ``channels`` and scaled by
+    ``c / channels``, so the response to equal inputs keeps its size.
+    """
+    if channels == kernel.shape[2]:
+        return kernel
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-channels // kernel.shape[2])
+    return np.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (kernel.shape[2] / channels)
+
+
 def assign(
     model: keras.Model, variables: dict[str, np.ndarray], family: str, use_ema: bool = True
 ) -> LoadReport:
@@ -133,6 +152,8 @@ def assign(
         if name not in variables:
             raise CheckpointError(f"checkpoint has no variable {name} (Keras weight {weight.path})")
         value = _fit_classes(variables[name], tuple(weight.shape))
+        if name == f"{scope}/{FIRST_CONV}" and value.ndim == 4 and value.shape[2] != weight.shape[2]:
+            value = adapt_input_kernel(value, weight.shape[2])
         if value.shape != tuple(weight.shape):
             raise CheckpointError(
                 f"shape mismatch for {name}: checkpoint {tuple(variables[name].shape)}, "
@@ -170,7 +191,7 @@ def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[i
 
 
 def _model_lacks(model: keras.Model, head: str) -> bool:
-    return not any(layer.name.startswith(f"{head}.") and layer.weights for layer in model.layers)
+    return not any(layer.name.startswith(f"{head}{SEPARATOR}") and layer.weights for layer in model.layers)
 
 
 def load(model: keras.Model, path: str, family: str, use_ema: bool = True) -> LoadReport:

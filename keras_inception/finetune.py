@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 
 from keras_inception import data, runs
-from keras_inception.layers import ClassifierOutput
+from keras_inception.layers import SEPARATOR, ClassifierOutput, keras_name
 from keras_inception.models import get
 
 MONITOR = "val_top1"
@@ -42,8 +42,8 @@ def transfer_model(
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = base(inputs, training=False)
-    x = keras.layers.Dropout(dropout_rate, name="Logits.Dropout_1b")(x)
-    x = keras.layers.Dense(len(class_names), name="Logits.Logits")(x)
+    x = keras.layers.Dropout(dropout_rate, name=keras_name("Logits/Dropout_1b"))(x)
+    x = keras.layers.Dense(len(class_names), name=keras_name("Logits/Logits"))(x)
     outputs = ClassifierOutput("softmax", class_names, name="Predictions")(x)
     return keras.Model(inputs, outputs, name=f"{model_name}_transfer"), base
 
@@ -54,9 +54,9 @@ def unfreeze(base: keras.Model, from_block: str = "Mixed_7a") -> int:
     Returns the number of layers with weights made trainable.
     """
     names = [layer.name for layer in base.layers]
-    starts = [i for i, n in enumerate(names) if n == from_block or n.startswith(f"{from_block}.")]
+    starts = [i for i, n in enumerate(names) if n == from_block or n.startswith(f"{from_block}{SEPARATOR}")]
     if not starts:
-        blocks = sorted({n.split(".")[0] for n in names if n.startswith("Mixed_")})
+        blocks = sorted({n.split(SEPARATOR)[0] for n in names if n.startswith("Mixed_")})
         raise ValueError(f"no block {from_block!r} in {base.name}; blocks: {blocks}")
     base.trainable = True
     count = 0

@@ -21,14 +21,17 @@ SLIM_BN_EPSILON = 0.001
 SLIM_BN_MOMENTUM = 0.9997
 
 
+SEPARATOR = "-"  # Keras forbids "/" in names and PyTorch "." in parameter names; slim uses neither "-"
+
+
 def keras_name(scope: str) -> str:
-    """The Keras layer name for a slim scope: ``Mixed_5b/Branch_0`` -> ``Mixed_5b.Branch_0``."""
-    return scope.replace("/", ".")
+    """The Keras layer name for a slim scope: ``Mixed_5b/Branch_0`` -> ``Mixed_5b-Branch_0``."""
+    return scope.replace("/", SEPARATOR)
 
 
 def slim_scope(name: str) -> str:
     """The inverse of :func:`keras_name`."""
-    return name.replace(".", "/")
+    return name.replace(SEPARATOR, "/")
 
 
 class FinalEndPoint(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -99,8 +102,8 @@ class Builder:
         activation: str | None = "relu",
         kernel_initializer=None,
     ):
-        """``Conv2D`` (no bias) ``scope``, ``BatchNormalization`` (no gamma) ``scope.BatchNorm``,
-        ReLU ``scope.Relu``."""
+        """``Conv2D`` (no bias) ``scope``, ``BatchNormalization`` (no gamma) ``scope/BatchNorm``,
+        ReLU ``scope/Relu`` (slim scopes; Keras names by :func:`keras_name`)."""
         name = keras_name(scope)
         x = layers.Conv2D(
             self.depth(filters),
@@ -112,11 +115,14 @@ class Builder:
             name=name,
         )(x)
         x = layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=SLIM_BN_EPSILON, scale=False, name=f"{name}.BatchNorm"
+            momentum=self.bn_momentum,
+            epsilon=SLIM_BN_EPSILON,
+            scale=False,
+            name=keras_name(f"{scope}/BatchNorm"),
         )(x)
         if activation is None:
             return x
-        return layers.Activation(activation, name=f"{name}.Relu")(x)
+        return layers.Activation(activation, name=keras_name(f"{scope}/Relu"))(x)
 
     def initializer(self):
         """A fresh instance of :attr:`kernel_initializer` (Keras warns on a reused seeded one)."""
@@ -175,6 +181,31 @@ class ScaleSum(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_inception")
+class AdaptedInput(layers.Identity):
+    """Marks a network whose first convolution was adapted from ``pretrained_channels``
+    pretrained input channels to the model's own (timm's rule, see
+    :func:`keras_inception.checkpoint.adapt_input_kernel`); passes its input through."""
+
+    def __init__(self, channels: int, pretrained_channels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.pretrained_channels = int(channels), int(pretrained_channels)
+
+    def get_config(self) -> dict:
+        ratio = f"{self.pretrained_channels}/{self.channels}"
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "pretrained_channels": self.pretrained_channels,
+            "rule": "sum" if self.channels == 1 else f"repeat, scaled {ratio}",
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config.pop("rule", None)
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")

@@ -1,7 +1,7 @@
 """TF-slim variable names <-> Keras weights: a pure function of the name, never of order.
 
 ``InceptionV4/Mixed_5b/Branch_1/Conv2d_0b_3x3/BatchNorm/moving_mean`` is the
-``moving_mean`` of the Keras layer ``Mixed_5b.Branch_1.Conv2d_0b_3x3.BatchNorm``;
+``moving_mean`` of the Keras layer ``Mixed_5b-Branch_1-Conv2d_0b_3x3-BatchNorm``;
 ``.../weights`` and ``.../biases`` are a layer's ``kernel`` and ``bias``.
 """
 
@@ -46,7 +46,7 @@ def keras_path(slim_name: str, scope: str) -> str:
 def slim_name(variable_path: str, scope: str) -> str:
     """The slim variable name of a Keras variable path; inverse of :func:`keras_path`."""
     layer, var = variable_path.rsplit("/", 1)
-    if layer.endswith(".BatchNorm") and var in _BN_VARS:
+    if slim_scope(layer).endswith("/BatchNorm") and var in _BN_VARS:
         return f"{scope}/{slim_scope(layer)}/{var}"
     if var in _TO_SLIM:
         return f"{scope}/{slim_scope(layer)}/{_TO_SLIM[var]}"

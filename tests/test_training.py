@@ -217,7 +217,7 @@ def test_transfer_model_keeps_batchnorm_in_inference_mode():
     assert not any(
         isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in base.layers
     )
-    bn = base.get_layer("Conv2d_1a_3x3.BatchNorm")
+    bn = base.get_layer("Conv2d_1a_3x3-BatchNorm")
     before = bn.moving_mean.numpy().copy()
     model.compile("adam", "categorical_crossentropy")
     model.fit(np.random.rand(4, 75, 75, 3).astype("float32"), np.eye(4), epochs=1, verbose=0)

@@ -71,7 +71,7 @@ def test_1000_classes_drop_the_background_row(v3_checkpoint, v3_variables):
     prefix, _ = v3_checkpoint
     model = ki.InceptionV3(weights=prefix)
     assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
-    assert model.get_layer("Logits.Conv2d_1c_1x1").kernel.shape == (1, 1, 2048, 1000)
+    assert model.get_layer("Logits-Conv2d_1c_1x1").kernel.shape == (1, 1, 2048, 1000)
 
 
 def test_moving_averages_by_default_raw_on_request(tmp_path, v3_variables):
@@ -292,3 +292,29 @@ def test_checkpoints_of_slims_trainer_load_and_say_what_was_ignored(tmp_path, v3
     assert "ignored (state of the training run): 7 variables" in printed
     model = ki.InceptionV3(weights=out, classes=1001, aux_logits=True)
     assert_equal_to_source(model, v3_variables, "InceptionV3")
+
+
+def test_pretrained_first_convolution_adapts_to_any_channel_count(v3_checkpoint, v3_variables, tmp_path):
+    """timm's rule: one channel sums the RGB kernels, so gray g gives what RGB [g, g, g] gives;
+    N > 3 repeats them scaled by 3/N. The model says so in its config and reloads."""
+    prefix, _ = v3_checkpoint
+    common = {"weights": prefix, "include_top": False, "pooling": "avg"}
+    rgb = ki.InceptionV3(input_shape=(139, 139, 3), **common)
+    gray = ki.InceptionV3(input_shape=(139, 139, 1), **common)
+    g = np.random.default_rng(0).uniform(-1, 1, (2, 139, 139, 1)).astype("float32")
+    expected = rgb.predict(np.repeat(g, 3, axis=-1), verbose=0)
+    np.testing.assert_allclose(gray.predict(g, verbose=0), expected, rtol=1e-4, atol=1e-5)
+
+    kernel = v3_variables["InceptionV3/Conv2d_1a_3x3/weights"]
+    four = ki.InceptionV3(input_shape=(139, 139, 4), **common)
+    adapted = four.get_layer("Conv2d_1a_3x3").kernel.numpy()
+    np.testing.assert_allclose(adapted[:, :, :3], kernel * 0.75, rtol=1e-6)
+    np.testing.assert_allclose(adapted[:, :, 3], kernel[:, :, 0] * 0.75, rtol=1e-6)
+    config = four.get_layer("AdaptedInput").get_config()
+    assert (config["channels"], config["pretrained_channels"], config["rule"]) == (4, 3, "repeat, scaled 3/4")
+    assert "AdaptedInput" not in [layer.name for layer in rgb.layers]
+
+    gray.save(tmp_path / "gray.keras")
+    reloaded = keras.saving.load_model(tmp_path / "gray.keras")
+    assert reloaded.get_layer("AdaptedInput").get_config()["rule"] == "sum"
+    np.testing.assert_allclose(reloaded.predict(g, verbose=0), expected, rtol=1e-4, atol=1e-5)

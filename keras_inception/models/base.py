@@ -16,7 +16,14 @@ import keras
 from keras import layers
 
 from keras_inception import pretrained, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, ClassifierOutput, FinalEndPoint, keras_name
+from keras_inception.layers import (
+    SLIM_BN_MOMENTUM,
+    AdaptedInput,
+    Builder,
+    ClassifierOutput,
+    FinalEndPoint,
+    keras_name,
+)
 
 POOLINGS = (None, "avg", "max")
 
@@ -66,8 +73,11 @@ def build(
         final_endpoint=final_endpoint,
         kernel_initializer=family.conv_initializer,
     )
+    x = inputs
+    if source is not None and source.is_slim and inputs.shape[-1] != 3:
+        x = AdaptedInput(inputs.shape[-1], name="AdaptedInput")(x)  # slim's RGB kernels, adapted on load
     try:
-        x, aux_source = body(b, inputs)
+        x, aux_source = body(b, x)
     except FinalEndPoint as stop:
         x, aux_source = stop.tensor, None
     else:
@@ -164,13 +174,15 @@ def stage_names(depths: Sequence[int]) -> tuple[list[str], list[str], list[str]]
 
 
 def _inputs(input_tensor, input_shape, include_top: bool, family: registry.Family):
-    """The model input, checked: rank 4, 3 channels, spatial size at least ``min_size``."""
+    """The model input, checked: rank 4, known channels, spatial size at least ``min_size``."""
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor)
         shape = tuple(input_tensor.shape)
         if len(shape) != 4:
-            raise ValueError(f"input_tensor must have rank 4 (batch, height, width, 3), got shape {shape}")
+            raise ValueError(
+                f"input_tensor must have rank 4 (batch, height, width, channels), got shape {shape}"
+            )
         _check_shape(shape[1:], family.min_size)
         return input_tensor
     if input_shape is None:
@@ -178,15 +190,15 @@ def _inputs(input_tensor, input_shape, include_top: bool, family: registry.Famil
         input_shape = (size, size, 3) if include_top else (None, None, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape}")
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")
     _check_shape(input_shape, family.min_size)
     return keras.Input(shape=input_shape, name="image")
 
 
 def _check_shape(shape: Sequence, min_size: int) -> None:
     height, width, channels = shape
-    if channels != 3:
-        raise ValueError(f"input must have 3 (RGB) channels, got shape {tuple(shape)}")
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"input channels must be a known positive number, got shape {tuple(shape)}")
     for side in (height, width):
         if side is not None and side < min_size:
             raise ValueError(f"input height and width must be at least {min_size}, got shape {tuple(shape)}")
@@ -216,7 +228,7 @@ def _output(b: Builder, logits, activation, prefix: str):
 def _main_head(b: Builder, family: registry.Family, x, classes: int, dropout_rate: float, activation):
     x = layers.GlobalAveragePooling2D(keepdims=family.conv_logits, name="global_pool")(x)
     b.end_points["global_pool"] = x
-    x = layers.Dropout(dropout_rate, name="Logits.Dropout_1b")(x)
+    x = layers.Dropout(dropout_rate, name=keras_name("Logits/Dropout_1b"))(x)
     initializer = b.initializer() if family.conv_logits else "glorot_uniform"
     logits = _classifier(x, classes, family.logits_scope, family.conv_logits, initializer)
     return _output(b, logits, activation, "")
@@ -230,7 +242,7 @@ def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
             "aux_logits=True needs a fixed input size whose 17x17 stage is at least 5x5 "
             f"(e.g. 299x299); this input gives {size}"
         )
-    x = layers.AveragePooling2D(5, strides=3, padding="valid", name="AuxLogits.AvgPool_1a_5x5")(x)
+    x = layers.AveragePooling2D(5, strides=3, padding="valid", name=keras_name("AuxLogits/AvgPool_1a_5x5"))(x)
     conv_init, logits_init = (
         [keras.initializers.TruncatedNormal(stddev=s) for s in family.aux_stddevs]
         if family.aux_stddevs
@@ -241,7 +253,7 @@ def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
         x, 768, tuple(x.shape[1:3]), family.aux_conv_scope, padding="valid", kernel_initializer=conv_init
     )
     if not family.conv_logits:
-        x = layers.Flatten(name="AuxLogits.Flatten")(x)
+        x = layers.Flatten(name=keras_name("AuxLogits/Flatten"))(x)
     logits = _classifier(x, classes, family.aux_logits_scope, family.conv_logits, logits_init)
     return _output(b, logits, activation, "Aux")
 
