@@ -7,7 +7,8 @@ Every Inception block is a few *towers* of convolutions side by side, concatenat
 names them: ``Branch_<i>/Conv2d_0a_1x1``, ``Conv2d_0b_3x3``, ... in order (SAME
 padding); a ``(filters, kernel, strides)`` step is a VALID convolution that shrinks
 the grid, ``Conv2d_1a_3x3``; a ``(filters, SPLIT)`` step is Inception-C's parallel
-1x3 and 3x1 convolutions. ``rename`` carries slim's few irregular names.
+1x3 and 3x1 convolutions. ``rename`` carries slim's few irregular names. slim's
+``align_feature_maps`` is ``padding="same"`` for the VALID steps and pools.
 
 The named blocks below are the paper's figures and Table 1 as parameters; their
 defaults are Inception-v4's and Inception-ResNet-v2's, and the other networks pass
@@ -33,16 +34,17 @@ def _kernel_name(kernel) -> str:
     return f"{kh}x{kw}"
 
 
-def tower(b: Builder, x, scope: str, steps: Tower, rename: Mapping[str, str] | None = None):
-    """One branch: ``steps`` in sequence, named ``Conv2d_0a_..``, ``Conv2d_0b_..`` (slim's lettering)."""
+def tower(b: Builder, x, scope: str, steps: Tower, rename: Mapping[str, str] | None = None, padding="valid"):
+    """One branch: ``steps`` in sequence, named ``Conv2d_0a_..``, ``Conv2d_0b_..`` (slim's lettering);
+    the ``Conv2d_1a`` steps are ``padding``."""
     rename = rename or {}
     letters = iter(string.ascii_lowercase)
 
     def conv(x, filters, kernel, strides=None):
         index = f"0{next(letters)}" if strides is None else "1a"
         name = f"{scope}/Conv2d_{index}_{_kernel_name(kernel)}"
-        padding = "same" if strides is None else "valid"
-        return b.conv(x, filters, kernel, rename.get(name, name), strides=strides or 1, padding=padding)
+        pad = "same" if strides is None else padding
+        return b.conv(x, filters, kernel, rename.get(name, name), strides=strides or 1, padding=pad)
 
     for filters, kernel, *strides in steps:
         if kernel == SPLIT:
@@ -52,9 +54,9 @@ def tower(b: Builder, x, scope: str, steps: Tower, rename: Mapping[str, str] | N
     return x
 
 
-def _towers(b: Builder, x, scope: str, towers: Sequence[Tower], rename=None) -> list:
+def _towers(b: Builder, x, scope: str, towers: Sequence[Tower], rename=None, padding="valid") -> list:
     rename = {f"{scope}/{old}": f"{scope}/{new}" for old, new in (rename or {}).items()}
-    return [tower(b, x, f"{scope}/Branch_{i}", steps, rename) for i, steps in enumerate(towers)]
+    return [tower(b, x, f"{scope}/Branch_{i}", steps, rename, padding) for i, steps in enumerate(towers)]
 
 
 def mixed(b: Builder, x, scope: str, towers: Sequence[Tower], pool_filters: int, rename=None):
@@ -65,10 +67,14 @@ def mixed(b: Builder, x, scope: str, towers: Sequence[Tower], pool_filters: int,
     return concat(branches, scope)
 
 
-def reduction(b: Builder, x, scope: str, towers: Sequence[Tower], rename=None):
-    """A grid reduction: towers ending in a stride-2 VALID conv, and a 3x3/2 max pool."""
-    branches = _towers(b, x, scope, towers, rename)
-    branches.append(max_pool(x, f"{scope}/Branch_{len(towers)}/MaxPool_1a_3x3"))
+def reduction(b: Builder, x, scope: str, towers: Sequence[Tower], rename=None, strides=2, padding="valid"):
+    """A grid reduction: towers ending in a stride-2 VALID conv, and a 3x3/2 max pool.
+
+    ``strides`` is the pool's (the towers' are in their steps); ``padding`` the tower
+    ends' and the pool's.
+    """
+    branches = _towers(b, x, scope, towers, rename, padding)
+    branches.append(max_pool(x, f"{scope}/Branch_{len(towers)}/MaxPool_1a_3x3", strides, padding))
     return concat(branches, scope)
 
 
@@ -127,14 +133,17 @@ def inception_c(
     return mixed(b, x, scope, towers, b3, rename)
 
 
-def reduction_a(b: Builder, x, scope: str, k: int, l: int, m: int, n: int, rename=None):  # noqa: E741 - the paper's names
+def reduction_a(
+    b: Builder, x, scope: str, k: int, l: int, m: int, n: int, rename=None, strides=2, padding="valid"  # noqa: E741
+):  # fmt: skip
     """Reduction-A (Fig. 7) with the filter bank (k, l, m, n) of the paper's Table 1.
 
     Inception-v4 (192, 224, 256, 384), Inception-ResNet-v1 (192, 192, 256, 384),
     Inception-ResNet-v2 (256, 256, 384, 384); Inception-v3's ``Mixed_6a`` is
-    (64, 96, 96, 384).
+    (64, 96, 96, 384). ``strides=1`` keeps the grid (slim IRv2's ``output_stride=8``).
     """
-    return reduction(b, x, scope, [[(n, 3, 2)], [(k, 1), (l, 3), (m, 3, 2)]], rename)
+    towers = [[(n, 3, strides)], [(k, 1), (l, 3), (m, 3, strides)]]
+    return reduction(b, x, scope, towers, rename, strides, padding)
 
 
 def reduction_b(b: Builder, x, scope: str, b0=(192, 192), b1=(256, 256, 320, 320)):
@@ -143,7 +152,9 @@ def reduction_b(b: Builder, x, scope: str, b0=(192, 192), b1=(256, 256, 320, 320
     return reduction(b, x, scope, towers)
 
 
-def reduction_b_residual(b: Builder, x, scope: str, b0=(256, 384), b1=(256, 288), b2=(256, 288, 320)):
+def reduction_b_residual(
+    b: Builder, x, scope: str, b0=(256, 384), b1=(256, 288), b2=(256, 288, 320), padding="valid"
+):
     """Reduction-B of the Inception-ResNets: slim's IRv2 ``Mixed_7a``; IRv1 (Fig. 12) is
     ``b1=(256, 256), b2=(256, 256, 256)``."""
     towers = [
@@ -151,7 +162,7 @@ def reduction_b_residual(b: Builder, x, scope: str, b0=(256, 384), b1=(256, 288)
         [(b1[0], 1), (b1[1], 3, 2)],
         [(b2[0], 1), (b2[1], 3), (b2[2], 3, 2)],
     ]
-    return reduction(b, x, scope, towers)
+    return reduction(b, x, scope, towers, padding=padding)
 
 
 def block35(b: Builder, x, scope: str, scale: float, b0=32, b1=(32, 32), b2=(32, 48, 64), activation="relu"):
@@ -177,24 +188,25 @@ def block8(b: Builder, x, scope: str, scale: float, b0=192, b1=(192, 224, 256), 
 # ---------------------------------------------------------------- stems
 
 
-def stem_v3(b: Builder, x):
+def stem_v3(b: Builder, x, padding="valid"):
     """The Inception-v3 stem up to ``Conv2d_4a_3x3`` (299 -> 71x71x192), recording its end points.
 
     Shared by Inception-v3, slim's Inception-ResNet-v2 and Inception-ResNet-v1
     (paper Fig. 14), which then diverge: a max pool, or a stride-2 convolution.
+    ``padding`` replaces VALID everywhere (``Conv2d_2b_3x3`` is always SAME).
     """
-    for scope, filters, kernel, strides, padding in (
-        ("Conv2d_1a_3x3", 32, 3, 2, "valid"),
-        ("Conv2d_2a_3x3", 32, 3, 1, "valid"),
+    for scope, filters, kernel, strides, pad in (
+        ("Conv2d_1a_3x3", 32, 3, 2, padding),
+        ("Conv2d_2a_3x3", 32, 3, 1, padding),
         ("Conv2d_2b_3x3", 64, 3, 1, "same"),
-        ("MaxPool_3a_3x3", None, 3, 2, "valid"),
-        ("Conv2d_3b_1x1", 80, 1, 1, "valid"),
-        ("Conv2d_4a_3x3", 192, 3, 1, "valid"),
+        ("MaxPool_3a_3x3", None, 3, 2, padding),
+        ("Conv2d_3b_1x1", 80, 1, 1, padding),
+        ("Conv2d_4a_3x3", 192, 3, 1, padding),
     ):
         if filters is None:
-            x = b.add(scope, max_pool(x, scope))
+            x = b.add(scope, max_pool(x, scope, padding=pad))
         else:
-            x = b.add(scope, b.conv(x, filters, kernel, scope, strides=strides, padding=padding))
+            x = b.add(scope, b.conv(x, filters, kernel, scope, strides=strides, padding=pad))
     return x
 
 

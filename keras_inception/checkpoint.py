@@ -1,8 +1,9 @@
 """Read TF-slim checkpoints (V1 single files and V2 index + data) into Keras models.
 
 Strict by design: every Keras weight must find its slim variable by name and shape,
-and every slim variable must be used or be a head the model was built without;
-anything else raises an error that names the variable. Never a partial load.
+and every slim variable must be used or be a head the model was built without (or,
+for a model built up to a ``final_endpoint``, a block after it); anything else raises
+an error that names the variable. Never a partial load.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class LoadReport:
     skipped_heads: list[str]  # slim head variables the model was built without
     ema: bool  # ExponentialMovingAverage shadows were taken
     ignored: list[str] = dataclasses.field(default_factory=list)  # global_step, optimizer slots
+    skipped_tail: list[str] = dataclasses.field(default_factory=list)  # blocks after final_endpoint
 
 
 def checkpoint_prefix(path: str) -> str:
@@ -137,9 +139,17 @@ def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
 
 
 def assign(
-    model: keras.Model, variables: dict[str, np.ndarray], family: str, use_ema: bool = True
+    model: keras.Model,
+    variables: dict[str, np.ndarray],
+    family: str,
+    use_ema: bool = True,
+    truncated: bool = False,
 ) -> LoadReport:
-    """Set every weight of ``model`` from slim ``variables`` (strictly; see module doc)."""
+    """Set every weight of ``model`` from slim ``variables`` (strictly; see module doc).
+
+    ``truncated``: the model was built up to a ``final_endpoint``, so the variables of
+    blocks it lacks altogether (``Mixed_7a``, ``Repeat_2``, ...) are skipped, not refused.
+    """
     scope = registry.family(family).slim_scope
     checkpoint_family = family_of(variables)
     if checkpoint_family != family:
@@ -161,17 +171,18 @@ def assign(
             )
         values.append((weight, value, name))
     used = {name for _, _, name in values}
-    skipped, unknown = [], []
+    skipped, tail, unknown = [], [], []
     for name in sorted(set(variables) - used):
-        head = name.split("/")[1]
-        (skipped if head in HEAD_SCOPES and _model_lacks(model, head) else unknown).append(name)
+        block = name.split("/")[1]
+        lacks = _model_lacks(model, block)
+        (skipped if lacks and block in HEAD_SCOPES else tail if lacks and truncated else unknown).append(name)
     if unknown:
         raise CheckpointError(
             f"checkpoint variable {unknown[0]} has no place in the model ({len(unknown)} unused)"
         )
     for weight, value, _ in values:  # nothing is assigned until everything checked out
         weight.assign(value.astype(weight.dtype))
-    return LoadReport(family, len(values), len(used), skipped, ema, ignored)
+    return LoadReport(family, len(values), len(used), skipped, ema, ignored, tail)
 
 
 def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[int, ...]]) -> None:
@@ -190,8 +201,8 @@ def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[i
         )
 
 
-def _model_lacks(model: keras.Model, head: str) -> bool:
-    return not any(layer.name.startswith(f"{head}{SEPARATOR}") and layer.weights for layer in model.layers)
+def _model_lacks(model: keras.Model, scope: str) -> bool:
+    return not any(layer.name.split(SEPARATOR)[0] == scope and layer.weights for layer in model.layers)
 
 
 def load(model: keras.Model, path: str, family: str, use_ema: bool = True) -> LoadReport:

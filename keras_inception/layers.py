@@ -11,6 +11,7 @@ scope (``/`` written ``.``, which Keras allows; see :func:`keras_name`), and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -21,7 +22,7 @@ SLIM_BN_EPSILON = 0.001
 SLIM_BN_MOMENTUM = 0.9997
 
 
-SEPARATOR = "-"  # Keras forbids "/" in names and PyTorch "." in parameter names; slim uses neither "-"
+SEPARATOR = "-"  # Keras forbids "/" in names, PyTorch "." in parameter names; slim names have no "-"
 
 
 def keras_name(scope: str) -> str:
@@ -75,6 +76,7 @@ class Builder:
         min_depth: the fewest channels a scaled convolution keeps.
         final_endpoint: stop building at this end point (``None``: build it all).
         kernel_initializer: initial convolution kernels (slim's, per family).
+        dilation_rate: the atrous rate of :meth:`conv` (slim's ``rate``; set by :meth:`rate`).
         end_points: the end points recorded so far, in network order.
     """
 
@@ -83,6 +85,7 @@ class Builder:
     min_depth: int = 8
     kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform"
     final_endpoint: str | None = None
+    dilation_rate: int = 1
     end_points: dict = dataclasses.field(default_factory=dict)
 
     def depth(self, filters: int) -> int:
@@ -110,6 +113,7 @@ class Builder:
             kernel_size,
             strides=strides,
             padding=padding,
+            dilation_rate=self.dilation_rate,
             use_bias=False,
             kernel_initializer=kernel_initializer or self.initializer(),
             name=name,
@@ -123,6 +127,15 @@ class Builder:
         if activation is None:
             return x
         return layers.Activation(activation, name=keras_name(f"{scope}/Relu"))(x)
+
+    @contextlib.contextmanager
+    def rate(self, rate: int):
+        """slim's ``arg_scope([conv2d], rate=rate)``: the :meth:`conv` layers built inside are atrous."""
+        outer, self.dilation_rate = self.dilation_rate, rate
+        try:
+            yield
+        finally:
+            self.dilation_rate = outer
 
     def initializer(self):
         """A fresh instance of :attr:`kernel_initializer` (Keras warns on a reused seeded one)."""

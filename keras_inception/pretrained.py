@@ -164,11 +164,14 @@ def read_variables(source: WeightsSource) -> tuple[dict[str, np.ndarray], str]:
     return variables, family
 
 
-def load(model: keras.Model, source: WeightsSource, family: str, use_ema: bool = True):
+def load(
+    model: keras.Model, source: WeightsSource, family: str, use_ema: bool = True, truncated: bool = False
+):
     """Load ``source`` into ``model`` (of ``family``); the load report, or ``None`` for Keras files.
 
     Moving-average shadows, where the checkpoint has them, replace the raw variables
-    unless ``use_ema=False``.
+    unless ``use_ema=False``. ``truncated``: the model stops at a ``final_endpoint``
+    (slim variables of the blocks after it are skipped).
     """
     if not source.is_slim:
         model.load_weights(source.value)
@@ -176,7 +179,7 @@ def load(model: keras.Model, source: WeightsSource, family: str, use_ema: bool =
     if registry.family(family).slim_scope is None:
         raise ValueError(f"{family} has no slim checkpoints; use a .weights.h5 or .keras file")
     variables, _ = read_variables(dataclasses.replace(source, family=family))
-    return checkpoint.assign(model, variables, family, use_ema)
+    return checkpoint.assign(model, variables, family, use_ema, truncated)
 
 
 def cache_dir() -> str:

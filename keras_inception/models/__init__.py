@@ -60,7 +60,8 @@ def from_checkpoint(
     source = dataclasses.replace(source, family=family or source.family)
     variables, detected = pretrained.read_variables(source)
     model = get(detected)(weights=None, **kwargs)
-    report = checkpoint.assign(model, variables, detected, use_ema)
+    truncated = kwargs.get("final_endpoint") is not None
+    report = checkpoint.assign(model, variables, detected, use_ema, truncated)
     return model, Conversion(report, len(checkpoint.resolve_ema(variables, use_ema)[0]))
 
 

@@ -102,7 +102,7 @@ def build(
     model = keras.Model(model_inputs, outputs, name=name or family.name)
     model.end_points = dict(b.end_points)
     if source is not None:
-        pretrained.load(model, source, family.name)
+        pretrained.load(model, source, family.name, truncated=final_endpoint is not None)
     return model
 
 

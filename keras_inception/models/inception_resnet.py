@@ -19,6 +19,12 @@ from keras_inception.models.base import build, check_depths
 V1 = registry.FAMILIES["inception_resnet_v1"]
 V2 = registry.FAMILIES["inception_resnet_v2"]
 SLIM_SCALES = (0.17, 0.10, 0.20)
+# slim's inception_resnet_v2_base end points, in order; output_stride=8 builds up to PreAuxLogits.
+V2_END_POINTS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+    "MaxPool_5a_3x3", "Mixed_5b", "Mixed_6a", "PreAuxLogits", "Mixed_7a", "Conv2d_7b_1x1",
+)  # fmt: skip
+OUTPUT_STRIDES = (8, 16)
 
 
 def repeat(b: Builder, x, block, scope: str, count: int, scale: float, **filters):
@@ -32,6 +38,20 @@ def _scales(scales: Sequence[float]) -> tuple[float, float, float]:
     if len(scales) != 3:
         raise ValueError(f"scales must be three residual scales (A, B, C blocks), got {scales!r}")
     return tuple(scales)  # type: ignore[return-value]
+
+
+def _check_backbone(output_stride, align_feature_maps, final_endpoint: str | None) -> None:
+    """slim's checks of ``inception_resnet_v2_base``, made before any layer exists."""
+    if output_stride not in OUTPUT_STRIDES or isinstance(output_stride, bool):
+        raise ValueError(f"output_stride must be 8 or 16 (as slim), got {output_stride!r}")
+    if not isinstance(align_feature_maps, bool):
+        raise ValueError(f"align_feature_maps must be True or False, got {align_feature_maps!r}")
+    atrous_end_points = V2_END_POINTS[: V2_END_POINTS.index("PreAuxLogits") + 1]
+    if output_stride == 8 and final_endpoint not in atrous_end_points:
+        raise ValueError(
+            "output_stride=8 builds Inception-ResNet-v2 only up to PreAuxLogits (as slim): pass "
+            f"include_top=False and final_endpoint one of {list(atrous_end_points)}, got {final_endpoint!r}"
+        )
 
 
 def InceptionResNetV2(
@@ -51,6 +71,8 @@ def InceptionResNetV2(
     depths: tuple[int, int, int] = V2.depths,
     scales: tuple[float, float, float] = SLIM_SCALES,
     final_endpoint: str | None = None,
+    output_stride: int = 16,
+    align_feature_maps: bool = False,
 ) -> keras.Model:
     """Inception-ResNet-v2 as slim builds it (the public checkpoint's network).
 
@@ -58,22 +80,36 @@ def InceptionResNetV2(
     linear with scale 1.0), then ``Conv2d_7b_1x1`` to 1536 channels. ``scales``
     are the residual scales of the 35x35, 17x17 and 8x8 blocks. Other arguments
     as :func:`~keras_inception.InceptionV4`.
+
+    ``output_stride`` and ``align_feature_maps`` are slim's ``inception_resnet_v2_base``
+    options for detection and segmentation backbones. ``output_stride=8`` keeps
+    ``Mixed_6a`` at stride 1 and dilates the 17x17 blocks (rate 2); slim allows it only
+    up to ``final_endpoint="PreAuxLogits"``. ``align_feature_maps=True`` makes the VALID
+    convolutions and pools of the stem, ``Mixed_6a`` and ``Mixed_7a`` SAME (299 ->
+    150, 75, 38, 19, 10). Neither changes a kernel's shape or a layer's name, so the
+    same weights load.
     """
+    _check_backbone(output_stride, align_feature_maps, final_endpoint)
     a, b_, c = check_depths(depths)
     s35, s17, s8 = _scales(scales)
+    atrous = output_stride == 8
+    padding = "same" if align_feature_maps else "valid"
 
     def body(b: Builder, x):
-        x = blocks.stem_v3(b, x)
-        x = b.add("MaxPool_5a_3x3", max_pool(x, "MaxPool_5a_3x3"))
+        x = blocks.stem_v3(b, x, padding)
+        x = b.add("MaxPool_5a_3x3", max_pool(x, "MaxPool_5a_3x3", padding=padding))
         x = b.add("Mixed_5b", blocks.inception_a(
             b, x, "Mixed_5b", b0=96, b1=(48, 64), b2=(64, 96, 96), b3=64, k1=5,
             rename={"Branch_0/Conv2d_0a_1x1": "Branch_0/Conv2d_1x1"},
         ))  # fmt: skip
         x = repeat(b, x, blocks.block35, "Repeat", a, s35)
-        x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=256, l=256, m=384, n=384))
-        x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17)
+        x = b.add("Mixed_6a", blocks.reduction_a(
+            b, x, "Mixed_6a", k=256, l=256, m=384, n=384, strides=1 if atrous else 2, padding=padding
+        ))  # fmt: skip
+        with b.rate(2 if atrous else 1):
+            x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17)
         x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
-        x = b.add("Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a"))
+        x = b.add("Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", padding=padding))
         x = repeat(b, x, blocks.block8, "Repeat_2", c - 1, s8)
         x = blocks.block8(b, x, "Block8", 1.0, activation=None)
         return b.add("Conv2d_7b_1x1", b.conv(x, 1536, 1, "Conv2d_7b_1x1")), aux
