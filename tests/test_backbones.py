@@ -220,7 +220,7 @@ def test_output_stride_8_is_the_stride_16_network_on_every_phase():
 def test_one_layer_each_against_tf_nn():
     """The dilated and the aligned layers compute tf.nn's atrous and SAME operations."""
     model = randomize(_irv2(final_endpoint="PreAuxLogits", output_stride=8, align_feature_maps=True))
-    names = ["Conv2d_1a_3x3", "Mixed_6a.Branch_2.MaxPool_1a_3x3", "Repeat_1.block17_1.Branch_1.Conv2d_0b_1x7"]
+    names = ["Conv2d_1a_3x3", "Mixed_6a-Branch_2-MaxPool_1a_3x3", "Repeat_1-block17_1-Branch_1-Conv2d_0b_1x7"]
     probes = [model.get_layer(n) for n in names]
     probe = keras.Model(model.inputs, [t for layer in probes for t in (layer.input, layer.output)])
     x = np.random.default_rng(1).uniform(-1, 1, (1, 147, 147, 3)).astype("float32")
