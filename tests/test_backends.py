@@ -1,0 +1,76 @@
+"""The networks on Keras's JAX and PyTorch backends, against the TensorFlow backend.
+
+This process runs TensorFlow; each other backend runs in a subprocess (Keras picks its
+backend once per process): keras.applications' contract (``tests/test_contract.py``),
+and ``tests/backend_job.py``: Inception-v3 from a slim checkpoint, its official archive,
+``weights="imagenet"`` through a local HTTP mirror and the download cache, ``.keras``
+and ``.weights.h5`` files written here, all equal to this backend's logits; then ``fit``.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from slim_kit import pack, random_variables, serve, write_checkpoint
+
+import keras_inception as ki
+from keras_inception import pretrained, registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = [
+    pytest.param(
+        name, marks=pytest.mark.skipif(not importlib.util.find_spec(name), reason=f"{name} not installed")
+    )
+    for name in ("jax", "torch")
+]
+ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
+
+
+def backend_env(backend: str, **extra: str) -> dict:
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A slim checkpoint, its archive in a mirror, TF-backend logits and Keras files."""
+    root = tmp_path_factory.mktemp("backends")
+    variables = random_variables("inception_v3", seed=3)
+    prefix = write_checkpoint(variables, str(root / "ckpt" / "inception_v3.ckpt"), "V2")
+    (root / "mirror").mkdir()
+    pack(prefix, str(root / "mirror" / ARCHIVE))
+    model = ki.InceptionV3(weights=prefix, classes=1001, classifier_activation=None)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 299, 299, 3)).astype("float32")
+    np.savez(root / "reference.npz", images=images, logits=model.predict(images, verbose=0))
+    model.save(root / "tf.keras")
+    model.save_weights(root / "tf.weights.h5")
+    return root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contract_on_backend(backend):
+    test = os.path.join(ROOT, "tests", "test_contract.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    done = subprocess.run(cmd, env=backend_env(backend), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weights_parity_and_fit_on_backend(backend, workdir, tmp_path):
+    job = os.path.join(ROOT, "tests", "backend_job.py")
+    with serve(str(workdir / "mirror")) as url:
+        env = backend_env(backend, ARCHIVE=ARCHIVE, KERAS_HOME=str(tmp_path / "home"))
+        env[pretrained.URL_ENV] = url
+        done = subprocess.run([sys.executable, job, str(workdir)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    print(backend, results)
+    assert results["backend"] == backend
+    for kind in ("checkpoint", "archive", "imagenet", "weights.h5", "keras"):
+        assert results[kind] < 1e-4, (kind, results[kind])
+    assert os.listdir(tmp_path / "home" / "models" / "keras_inception") == ["inception_v3_imagenet.npz"]
+    assert all(np.isfinite(results["fit_loss"])) and results["fit_changed"] > 0.9
