@@ -250,8 +250,9 @@ def pipeline(
 
     ``augment`` layers (``keras.layers.RandAugment(value_range=(-1, 1))``, ``MixUp``,
     ``CutMix``, or any Keras / KerasCV layer) run on training batches; layers that take
-    ``{"images", "labels"}`` dicts (MixUp, CutMix) get both. With ``aux_logits`` the
-    labels are repeated for the aux head. ``augmentation`` is ``"inception"`` (slim's
+    ``{"images", "labels"}`` dicts (MixUp, CutMix, KerasCV's FourierMix and Mosaic, or any
+    layer with ``takes_labels = True``) get both. With ``aux_logits`` the labels are
+    repeated for the aux head. ``augmentation`` is ``"inception"`` (slim's
     training transform, ``fast_mode`` as slim's trainer; ``use_boxes`` crops around the
     TFRecords' object boxes, which slim's trainer does not pass) or ``"flip"`` (resize
     and flip, for tiny images).
@@ -288,8 +289,11 @@ def pipeline(
     return dataset.prefetch(AUTOTUNE)
 
 
+LABEL_MIXERS = ("MixUp", "CutMix", "FourierMix", "Mosaic")  # augmentation layers that mix labels too
+
+
 def _batch_augment(layer: Callable) -> Callable:
-    takes_labels = type(layer).__name__ in ("MixUp", "CutMix") or getattr(layer, "takes_labels", False)
+    takes_labels = type(layer).__name__ in LABEL_MIXERS or getattr(layer, "takes_labels", False)
 
     def apply(x, y):
         if takes_labels:
