@@ -137,11 +137,12 @@ def loss_spec(model: keras.Model, recipe: Recipe) -> tuple[list, list[float]]:
     return [loss] * len(model.outputs), weights
 
 
-def metrics(num_outputs: int = 1):
-    top = [
-        keras.metrics.CategoricalAccuracy(name="top1"),
-        keras.metrics.TopKCategoricalAccuracy(5, name="top5"),
-    ]
+def metrics(num_outputs: int = 1, classes: int = 1000):
+    """Top-1, and top-5 where there are more than 5 classes (it is 1 otherwise, and the
+    PyTorch backend's ``topk`` refuses ``k`` above the class count)."""
+    top = [keras.metrics.CategoricalAccuracy(name="top1")]
+    if classes > 5:
+        top.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
     return [top, []] if num_outputs == 2 else top
 
 
@@ -164,7 +165,7 @@ def compile_model(
         optimizer=optimizer,
         loss=losses if len(losses) > 1 else losses[0],
         loss_weights=weights if len(weights) > 1 else None,
-        metrics=metrics(len(model.outputs)) if top_k_metrics else None,
+        metrics=metrics(len(model.outputs), model.outputs[0].shape[-1]) if top_k_metrics else None,
         jit_compile=jit_compile,
     )
     return model
