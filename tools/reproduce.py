@@ -175,6 +175,7 @@ def run(args, name: str, seed: int, extra: dict, callbacks=()) -> dict:
         "bn_momentum": 0.99,
         "augmentation": "flip",
         "train_examples": train_src.num_examples,
+        "classes": train_src.num_classes,
         "eval_images": args.eval_images,
         "recipe": dataclasses.asdict(recipe),
         "args": {k: v for k, v in vars(args).items()},
