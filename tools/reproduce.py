@@ -234,15 +234,101 @@ def _load(out: str, experiment: str) -> list[dict]:
     folder = os.path.join(out, experiment)
     if not os.path.isdir(folder):
         return []
-    return [
-        json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".json"))
+    runs = []
+    for name in names:
+        with open(os.path.join(folder, name)) as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    """``mean (min-max)`` over seeds; the value alone for one run."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def _common(runs: list[dict], key: str):
+    """The one value of ``key`` shared by ``runs``; the report refuses mixed settings."""
+    values = {json.dumps(r.get(key), sort_keys=True) for r in runs}
+    if len(values) != 1:
+        raise ValueError(f"the runs differ in {key}: {sorted(values)}; report them separately")
+    return runs[0].get(key)
+
+
+def _provenance(runs: list[dict]) -> str:
+    commits = sorted({r.get("commit", "unrecorded") for r in runs})
+    machines = sorted({json.dumps(r.get("machine", {}), sort_keys=True) for r in runs})
+    m = json.loads(machines[0])
+    where = (
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, TensorFlow {m.get('tensorflow', '?')}, "
+        f"Keras {m.get('keras', '?')}"
+        if len(machines) == 1
+        else f"{len(machines)} different machines (see the records)"
+    )
+    loads = [v for r in runs for v in r.get("load_average", [])]
+    load = ""
+    if loads:
+        load = f"; one-minute load average during the runs {min(loads):.1f}-{max(loads):.1f}"
+        if max(loads) > m.get("cores", 0) + 0.5:
+            load += " (other jobs shared the machine at times, so the times are indicative only)"
+    return f"Measured on {where}, at commit {', '.join(c[:12] for c in commits)}{load}."
+
+
+def _recipe(r: dict) -> str:
+    rec = r["recipe"]
+    decay = "none" if not rec["weight_decay"] else f"{rec['weight_decay']:g} ({rec['weight_decay_mode']})"
+    averaging = "no weight averaging" if rec["ema_decay"] is None else f"weight averaging {rec['ema_decay']}"
+    return (
+        f"RMSProp (rho {rec['rho']}, momentum {rec['momentum']}, epsilon {rec['epsilon']}), "
+        f"learning rate {rec['learning_rate']} x{rec['decay_rate']} every {rec['decay_epochs']:g} epochs, "
+        f"weight decay {decay}, label smoothing {rec['label_smoothing']}, {averaging}, "
+        f"BatchNorm momentum {r['bn_momentum']}, {r['augmentation']} augmentation"
+    )
+
+
+def _setting(r: dict) -> str:
+    classes = f", {r['classes']} classes" if "classes" in r else ""
+    return (
+        f"`{os.path.basename(r['args']['data'])}`: {r['train_examples']:,} training images{classes}; "
+        f"{r['image_size']}x{r['image_size']}, batch {r['batch_size']}, {r['args']['steps']} steps; "
+        f"top-1 error on {r['eval_images']:,} held-out images every {r['args']['eval_every']} steps"
+    )
+
+
+def _speedup_verdict(pair: str, a: list[dict], b: list[dict]) -> str:
+    """What the runs show for one pair, only as far as the seeds agree."""
+    plain, residual = a[0]["model"], b[0]["model"]
+    n = min(len(r["top1_error"]) for r in a + b)
+    steps = a[0]["steps"][:n]
+    lower = [
+        i
+        for i in range(n)
+        if np.mean([r["top1_error"][i] for r in b]) < np.mean([r["top1_error"][i] for r in a])
     ]
+    apart = [
+        steps[i] for i in range(n) if max(r["top1_error"][i] for r in b) < min(r["top1_error"][i] for r in a)
+    ]
+    end_a, end_b = [r["top1_error"][n - 1] for r in a], [r["top1_error"][n - 1] for r in b]
+    if max(end_b) < min(end_a):
+        verdict = (
+            "agrees with the paper in direction at this scale (each residual seed ends below each plain one)"
+        )
+    elif np.mean(end_b) < np.mean(end_a):
+        verdict = "leans towards the paper, but the seeds' final errors overlap"
+    else:
+        verdict = "does not agree with the paper at this scale"
+    return (
+        f"{pair}: {residual} has the lower mean top-1 error at {len(lower)} of {n} evaluations; "
+        f"all its seeds are below all of {plain}'s at steps {', '.join(map(str, apart)) or 'none'}. "
+        f"Final error {_spread(end_b)}% against {_spread(end_a)}% ({len(b)} and {len(a)} seeds): "
+        f"this {verdict}."
+    )
 
 
-def _plot(runs: list[dict], x: str, y: str, path: str, title: str) -> None:
-    def label(r: dict) -> str:
-        return f"{r['model']} seed {r['seed']}" + (f" scale {r['scale']}" if "scale" in r else "")
-
+def _plot(runs: list[dict], x: str, y: str, path: str, title: str, label=None) -> None:
+    label = label or (lambda r: f"{r['model']} seed {r['seed']}")
     xlabel = {"steps": "training step", "wall_s": "training wall time (s)"}[x]
     series = {label(r): (r[x][: len(r[y])], r[y]) for r in runs}
     reporting.plot(
@@ -250,185 +336,175 @@ def _plot(runs: list[dict], x: str, y: str, path: str, title: str) -> None:
     )
 
 
-def _mean(values: list[float]) -> str:
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+def _speedup_section(out: str, speed: list[dict]) -> list[str]:
+    r0 = speed[0]
+    for key in ("recipe", "bn_momentum", "augmentation", "image_size", "batch_size", "eval_images", "width"):
+        _common(speed, key)
+    lines = [
+        "## Residual connections and training speed (paper Figs. 21-26)",
+        "",
+        f"{_setting(r0)}. Width multiplier {r0['width']}. {_recipe(r0)}. Seeds "
+        f"{', '.join(map(str, sorted({r['seed'] for r in speed})))}. {_provenance(speed)}",
+        "",
+        "Each pair's multiply-adds are matched by the blocks per grid (depths); the difference is the "
+        "residual network's count against the plain one's. Cells with several seeds read mean (min-max). "
+        "Top-5 error is not reported: with this few classes and a saturated softmax it says little.",
+        "",
+    ]
+    header = [
+        "pair", "model", "depths", "multiply-adds (M)", "difference", "parameters", "seeds",
+        "final top-1 error %", "best top-1 error %", "training wall time (s)", "training CPU time (s)",
+    ]  # fmt: skip
+    rows, verdicts, plots = [], [], []
+    for pair, ((plain, _), (residual, _)) in PAIRS.items():
+        arms = [[r for r in speed if r["model"] == name] for name in (plain, residual)]
+        if not all(arms):
+            continue
+        for runs in arms:
+            first = runs[0]
+            rows.append([
+                pair, first["model"], tuple(first["depths"]), f"{first['multiply_adds'] / 1e6:.1f}",
+                f"{100 * first['pair_mismatch']:+.2f}%" if first["model"] == residual else "-",
+                f"{first['parameters']:,}", len(runs), _spread([r["top1_error"][-1] for r in runs]),
+                _spread([min(r["top1_error"]) for r in runs]), _spread([r["wall_s"][-1] for r in runs], 0),
+                _spread([r["cpu_s"][-1] for r in runs], 0),
+            ])  # fmt: skip
+        verdicts.append(_speedup_verdict(pair, *arms))
+        slug = pair.replace(" ", "_")
+        for x in ("steps", "wall_s"):
+            _plot(arms[0] + arms[1], x, "top1_error", os.path.join(out, f"{slug}_top1_error_{x}.png"), pair)
+        base = os.path.basename(out)
+        plots.append(
+            f"![{slug}]({base}/{slug}_top1_error_steps.png) "
+            f"![{slug} vs time]({base}/{slug}_top1_error_wall_s.png)"
+        )
+    lines += reporting.table(header, rows)
+    lines += ["", "What the runs show against the paper (residual versions train faster):", ""]
+    lines += [f"- {v}" for v in verdicts]
+    lines += [
+        "",
+        f"These are short runs ({r0['args']['steps']} steps of batch {r0['batch_size']}, "
+        f"{'under one pass' if r0['args']['steps'] * r0['batch_size'] < r0['train_examples'] else 'passes'} "
+        f"over the {r0['train_examples']:,} training images): they measure early training speed, "
+        "not the final "
+        "accuracy, which the paper finds nearly equal.",
+        "",
+        *[p + "\n" for p in plots],
+    ]
+    return lines
 
 
-def _speedup_verdicts(speed: list[dict]) -> list[str]:
-    """Per pair and learning rate: which network is ahead, at the middle and at the end."""
-    out = []
-    for lr in sorted({r["learning_rate"] for r in speed}, reverse=True):
-        for pair, ((plain, _), (residual, _)) in PAIRS.items():
-            a = [r for r in speed if r["model"] == plain and r["learning_rate"] == lr]
-            b = [r for r in speed if r["model"] == residual and r["learning_rate"] == lr]
-            if not a or not b:
-                continue
-            n = min(len(r["top1_error"]) for r in a + b)
-            mid, end = max(0, n // 2 - 1), n - 1
-            ea = [np.mean([r["top1_error"][i] for r in a]) for i in (mid, end)]
-            eb = [np.mean([r["top1_error"][i] for r in b]) for i in (mid, end)]
-            steps = a[0]["steps"]
-            ahead = (
-                "agrees"
-                if eb[0] < ea[0] and eb[1] <= ea[1]
-                else "does not agree"
-                if eb[0] > ea[0]
-                else "is mixed"
+def _max_trace(r: dict, key: str) -> float:
+    return max((z for _, z in r.get(key, [])), default=float("nan"))
+
+
+def _scaling_section(out: str, scaling: list[dict]) -> list[str]:
+    r0 = scaling[0]
+    for key in ("recipe", "depths", "image_size", "batch_size", "width", "classes"):
+        _common(scaling, key)
+    chance = 100.0 * (1 - 1 / r0["classes"])
+    scales = sorted({r["scale"] for r in scaling}, reverse=True)
+    lines = [
+        "## Residual scaling and very wide residual networks (paper section 3.3)",
+        "",
+        f"Inception-ResNet-v2 at width {r0['width']} (residual blocks of 320, 1088 and 2080 filters), depths "
+        f"{tuple(r0['depths'])}. {_setting(r0)}. {_recipe(r0)}. {_provenance(scaling)}",
+        "",
+        "The residual scale applies to every block of `Repeat`, `Repeat_1` and `Repeat_2`; the final "
+        "`Block8` (linear, no ReLU) keeps scale 1.0 in every variant, as slim builds it. Every "
+        f"{r0['args']['probe_every']} steps a fixed probe batch's pre-pool features are checked for "
+        "all-zero output (the paper's \"death\"), once with BatchNorm's moving statistics (inference) and "
+        "once with the batch's own statistics (as in a training step); the loss is checked for divergence. "
+        f"Chance level is {chance:.1f}% top-1 error. Cells read mean (min-max) over seeds.",
+        "",
+    ]
+    header = [
+        "residual scale", "seeds", "died", "final top-1 error %", "seeds below chance", "final loss",
+        "max zero fraction, moving statistics", "max zero fraction, batch statistics",
+    ]  # fmt: skip
+    rows, summary = [], {}
+    for scale in scales:
+        runs = [r for r in scaling if r["scale"] == scale]
+        died = [r for r in runs if r["died_at"]]
+        final = [r["top1_error"][-1] for r in runs if r["top1_error"]]
+        moving = [_max_trace(r, "zero_trace") for r in runs]
+        batch = [_max_trace(r, "batch_stat_zero_trace") for r in runs]
+        below = sum(e < chance for e in final)
+        summary[scale] = (runs, died, final, moving, batch, below)
+        rows.append([
+            scale, len(runs),
+            ", ".join(f"seed {r['seed']}: step {r['died_at']}, {r['events'][0][1]}" for r in died) or "none",
+            _spread(final), f"{below} of {len(final)}", _spread([r["loss"][-1] for r in runs], 3),
+            _spread(moving, 3), _spread(batch, 3),
+        ])  # fmt: skip
+    lines += reporting.table(header, rows)
+    lines += ["", "What the runs show:", ""]
+    steps = max(r["steps"][-1] for r in scaling if r["steps"])
+    if not any(s[1] for s in summary.values()):
+        lines.append(
+            f"- No variant died on any seed within {steps} steps: the paper's effect does not appear here."
+        )
+    else:
+        for scale, (runs, died, *_rest) in summary.items():
+            lines.append(f"- Scale {scale}: {len(died)} of {len(runs)} seeds died.")
+    ranked = sorted(summary, key=lambda s: np.mean(summary[s][2]))
+    best, rest = ranked[0], ranked[1:]
+    separated = all(max(summary[best][2]) < min(summary[s][2]) for s in rest)
+    lines.append(
+        f"- Lowest mean final error: scale {best} ({_spread(summary[best][2])}%); "
+        + (
+            "every one of its seeds ends below every seed of the other scales."
+            if separated
+            else "the seeds' ranges overlap with another scale's, so the runs do not order the scales."
+        )
+    )
+    for scale, (_, _, final, _, _, below) in summary.items():
+        if below < len(final):
+            lines.append(
+                f"- Scale {scale}: {len(final) - below} of {len(final)} seeds end at or above chance "
+                f"({chance:.1f}%): those runs did not learn in {steps} steps."
             )
-            out.append(
-                f"{pair}, learning rate {lr}: top-1 error {plain} {ea[0]:.1f}% vs {residual} {eb[0]:.1f}% "
-                f"at step {steps[mid]}, {ea[1]:.1f}% vs {eb[1]:.1f}% at step {steps[end]} "
-                f"(mean of {len(a)} and {len(b)} seeds): this {ahead} with the paper at this scale."
+    moving = [m for s in summary.values() for m in s[3]]
+    batch = [b for s in summary.values() for b in s[4]]
+    if moving and batch:
+        lag = np.mean(batch) < np.mean(moving) - 0.1
+        lines.append(
+            f"- Pre-pool zero fraction: up to {_spread(moving, 3)} with the moving statistics against "
+            f"{_spread(batch, 3)} with the batch's own (all runs): "
+            + (
+                "the zeros come mostly from BatchNorm's moving statistics lagging the weights, "
+                "not from dead units."
+                if lag
+                else "the zeros remain with batch statistics: lagging moving statistics do not explain them."
             )
-    return out
-
-
-def _scaling_verdict(scaling: list[dict]) -> str:
-    died = {r["scale"]: r["died_at"] for r in scaling}
-    scaled = [sc for sc in died if sc < 1.0]
-    if died.get(1.0) and not any(died[sc] for sc in scaled):
-        return "agrees with the paper: unscaled residuals died, scaled ones trained"
-    if not any(died.values()):
-        steps = max(r["steps"][-1] if r["steps"] else 0 for r in scaling)
-        return f"does not show the paper's effect at this scale: no variant died in {steps} steps"
-    return "is mixed: " + ", ".join(f"scale {k} {'died' if v else 'survived'}" for k, v in died.items())
+        )
+    _plot(
+        scaling, "steps", "top1_error", os.path.join(out, "scaling_top1_error_steps.png"),
+        "wide IRv2: top-1 error by residual scale", lambda r: f"scale {r['scale']} seed {r['seed']}",
+    )  # fmt: skip
+    lines += ["", f"![scaling]({os.path.basename(out)}/scaling_top1_error_steps.png)", ""]
+    return lines
 
 
 def report(args) -> None:
+    """docs/reproduction.md from the records alone: every figure in it is read or computed from them."""
     out = args.output
     lines = [
         "# Reproducing the paper's findings at small scale",
         "",
-        f"Generated by `tools/reproduce.py report` from the runs in `{out}/` "
-        f"({platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}).",
+        f"Generated by `tools/reproduce.py report` from the run records in `{out}/`; each record holds "
+        "its arguments, recipe, package version, commit, seed and machine. The commands are in the README.",
         "",
     ]
     speed = _load(out, "residual-speedup")
     if speed:
-        r0 = speed[0]
-        lines += [
-            "## Residual connections and training speed (paper Figs. 21-26)",
-            "",
-            f"CIFAR-10-style data at {r0['image_size']}x{r0['image_size']}, batch {r0['batch_size']}, "
-            f"RMSProp (0.9, momentum 0.9, epsilon 1.0), learning rate as listed x0.94 every "
-            "2 epochs, label smoothing 0.1, no weight averaging, BatchNorm momentum 0.99, random flips; "
-            "width multiplier "
-            f"{r0.get('width')}. Error on held-out images after each evaluation interval.",
-            "",
-        ]
-        header = [
-            "pair",
-            "model",
-            "learning rate",
-            "depths",
-            "multiply-adds (M)",
-            "parameters",
-            "seeds",
-            "final top-1 error %",
-            "final top-5 error %",
-            "best top-1 error %",
-            "wall time (s)",
-        ]
-        rows = []
-        rates = sorted({r["learning_rate"] for r in speed}, reverse=True)
-        plots = []
-        for lr in rates:
-            for pair, members in PAIRS.items():
-                chosen = [r for r in speed if r["learning_rate"] == lr and r["model"] in dict(members)]
-                for name, _ in members:
-                    runs = [r for r in chosen if r["model"] == name]
-                    if not runs:
-                        continue
-                    first = runs[0]
-                    cells = [
-                        pair,
-                        name,
-                        lr,
-                        tuple(first["depths"]),
-                        f"{first['multiply_adds'] / 1e6:.1f}",
-                        f"{first['parameters']:,}",
-                        len(runs),
-                        _mean([r["top1_error"][-1] for r in runs]),
-                        _mean([r["top5_error"][-1] for r in runs]),
-                        _mean([min(r["top1_error"]) for r in runs]),
-                        _mean([r["wall_s"][-1] for r in runs]),
-                    ]
-                    rows.append(cells)
-                if chosen:
-                    slug = f"{pair.replace(' ', '_')}_lr{lr}"
-                    for x in ("steps", "wall_s"):
-                        for y in ("top1_error", "top5_error"):
-                            _plot(
-                                chosen,
-                                x,
-                                y,
-                                os.path.join(out, f"{slug}_{y}_{x}.png"),
-                                f"{pair}, lr {lr}: {y} vs {x}",
-                            )
-                    plots.append(
-                        f"![{slug}]({os.path.basename(out)}/{slug}_top1_error_steps.png) "
-                        f"![{slug} vs time]({os.path.basename(out)}/{slug}_top1_error_wall_s.png)"
-                    )
-        lines += reporting.table(header, rows)
-        lines += [
-            "",
-            "What the runs say against the paper (residual versions train faster, Figs. 21-26):",
-            "",
-        ]
-        lines += [f"- {sentence}" for sentence in _speedup_verdicts(speed)]
-        lines += ["", *[p + "\n" for p in plots]]
+        lines += _speedup_section(out, speed)
     scaling = _load(out, "residual-scaling")
     if scaling:
-        r0 = scaling[0]
-        lines += [
-            "## Residual scaling and very wide residual networks (paper section 3.3)",
-            "",
-            f"Inception-ResNet-v2 at width 1.0 (residual blocks of 320, 1088 and 2080 filters), depths "
-            f"{tuple(r0['depths'])}, {r0['image_size']}x{r0['image_size']}, batch {r0['batch_size']}, "
-            f"learning rate {r0['learning_rate']}; a probe batch's pre-pool features checked every few "
-            "steps for all-zero output, and the loss for divergence.",
-            "",
-        ]
-        rows = []
-        for r in sorted(scaling, key=lambda r: -r["scale"]):
-            reason = r["events"][0][1] if r["events"] else "-"
-            zeros = max((z for _, z in r["zero_trace"]), default=float("nan"))
-            top1 = f"{r['top1_error'][-1]:.1f}" if r["top1_error"] else "-"
-            steps = r["steps"][-1] if r["steps"] else 0
-            rows.append(
-                [
-                    r["scale"],
-                    r["died_at"] or "did not die",
-                    reason,
-                    steps,
-                    top1,
-                    f"{r['loss'][-1]:.3f}",
-                    f"{zeros:.3f}",
-                ]
-            )
-        lines += reporting.table(
-            [
-                "residual scale",
-                "died at step",
-                "reason",
-                "steps trained",
-                "final top-1 error %",
-                "final loss",
-                "max zero fraction of pre-pool features",
-            ],
-            rows,
-        )
-        lines += ["", f"The run {_scaling_verdict(scaling)}."]
-        _plot(
-            scaling,
-            "steps",
-            "top1_error",
-            os.path.join(out, "scaling_top1_error_steps.png"),
-            "wide IRv2: top-1 error by residual scale",
-        )
-        lines += ["", f"![scaling]({os.path.basename(out)}/scaling_top1_error_steps.png)", ""]
-    reporting.write_text(os.path.join(os.path.dirname(out) or ".", "reproduction.md"), lines)
-    print(f"wrote {os.path.join(os.path.dirname(out) or '.', 'reproduction.md')}")
+        lines += _scaling_section(out, scaling)
+    target = os.path.join(os.path.dirname(out) or ".", "reproduction.md")
+    reporting.write_text(target, lines)
+    print(f"wrote {target}")
 
 
 def main() -> None:
