@@ -2,9 +2,12 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_inception import cli
@@ -57,68 +60,194 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert "## Where the time goes" in text
 
 
-def test_reproduce_report_from_recorded_runs(tmp_path):
-    """The report renders tables and plots from the run records the experiments write."""
-    runs = tmp_path / "reproduction"
-    for experiment, records in {
-        "residual-speedup": [
-            {
-                "model": m,
-                "seed": s,
-                "depths": [1, 2, 1],
-                "multiply_adds": 3e7,
-                "parameters": 10,
-                "steps": [10, 20],
-                "wall_s": [1.0, 2.0],
-                "loss": [2.0, 1.5],
-                "top1_error": [80.0, 70.0 - s] if m == "inception_v3" else [75.0, 60.0 - s],
-                "top5_error": [40.0, 30.0],
-                "learning_rate": 0.045,
-                "batch_size": 8,
-                "image_size": 75,
-                "width": 0.5,
-            }
-            for m in ("inception_v3", "inception_resnet_v1")
-            for s in (0, 1)
-        ],
-        "residual-scaling": [
-            {
-                "model": "inception_resnet_v2",
-                "seed": 0,
-                "scale": sc,
-                "depths": [1, 2, 2],
-                "steps": [10],
-                "wall_s": [1.0],
-                "loss": [2.0],
-                "top1_error": [80.0],
-                "top5_error": [40.0],
-                "learning_rate": 0.2,
-                "batch_size": 8,
-                "image_size": 75,
-                "died_at": died,
-                "events": [[died, "pre-pool features all zero", 1.0, 2.0]] if died else [],
-                "zero_trace": [[10, 1.0 if died else 0.3]],
-            }
-            for sc, died in ((1.0, 10), (0.1, None))
-        ],
-    }.items():
+def _record(experiment: str, model: str, seed: int, top1: list[float], **extra) -> dict:
+    """A run record as tools/reproduce.py writes it (every field the report reads)."""
+    steps = [10 * (i + 1) for i in range(len(top1))]
+    return {
+        "experiment": experiment,
+        "model": model,
+        "seed": seed,
+        "width": 0.5,
+        "depths": [1, 2, 1],
+        "multiply_adds": 3e7,
+        "parameters": 10,
+        "steps": steps,
+        "wall_s": [1.0 * s for s in steps],
+        "cpu_s": [1.5 * s for s in steps],
+        "load_average": [2.0 for _ in steps],
+        "loss": [2.0 - 0.1 * i for i in range(len(top1))],
+        "top1_error": top1,
+        "learning_rate": 0.045,
+        "batch_size": 8,
+        "image_size": 75,
+        "bn_momentum": 0.99,
+        "augmentation": "flip",
+        "train_examples": 900,
+        "classes": 10,
+        "eval_images": 100,
+        "recipe": {
+            "learning_rate": 0.045, "decay_rate": 0.94, "decay_epochs": 2.0, "rho": 0.9, "momentum": 0.9,
+            "epsilon": 1.0, "weight_decay": 4e-05, "weight_decay_mode": "l2", "label_smoothing": 0.1,
+            "aux_weight": 0.4, "ema_decay": None, "clipnorm": None, "warmup_epochs": 0.0,
+        },
+        "args": {"data": "/data/cifar10.tar.gz", "steps": steps[-1], "eval_every": 10, "probe_every": 5},
+        "package_version": "0.1.0",
+        "commit": "0123456789abcdef",
+        "machine": {"cpu": "Test CPU", "cores": 2, "tensorflow": "2.x", "keras": "3.x"},
+        **extra,
+    }  # fmt: skip
+
+
+def _write_records(runs, records: dict) -> None:
+    for experiment, items in records.items():
         (runs / experiment).mkdir(parents=True)
-        for i, record in enumerate(records):
+        for i, record in enumerate(items):
             (runs / experiment / f"{i}.json").write_text(json.dumps(record))
+
+
+def _report(runs) -> str:
     subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "reproduce.py"), "report", "--output", str(runs)],
         check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    text = (tmp_path / "reproduction.md").read_text()
-    assert "| v3 vs IRv1 | inception_resnet_v1 | 0.045 | (1, 2, 1) | 30.0 | 10 | 2 | 59.5 ± 0.5 |" in text
-    assert "| 1.0 | 10 | pre-pool features all zero |" in text and "| 0.1 | did not die |" in text
-    assert "agrees with the paper: unscaled residuals died, scaled ones trained" in text
+    return (runs.parent / "reproduction.md").read_text()
+
+
+def test_reproduce_report_from_recorded_runs(tmp_path):
+    """Tables, verdicts and plots come from the records; verdicts go only as far as the seeds agree."""
+    runs = tmp_path / "reproduction"
+    speed = [
+        _record("residual-speedup", m, s, top1, depths=d, pair_mismatch=0.01 if m != "inception_v3" else 0.0)
+        for m, d, top1 in (
+            ("inception_v3", [2, 2, 1], [80.0, 70.0]),
+            ("inception_resnet_v1", [1, 2, 1], [75.0, 60.0]),
+        )
+        for s, top1 in ((0, [t + 0 for t in top1]), (1, [t + 4 for t in top1]), (2, [t + 2 for t in top1]))
+    ]
+    scaling = [
+        _record(
+            "residual-scaling", "inception_resnet_v2", seed, [90.0, error], scale=scale, died_at=died,
+            events=[[died, "pre-pool features all zero", 1.0, 2.0]] if died else [],
+            zero_trace=[[5, 0.9], [10, 0.95]], batch_stat_zero_trace=[[5, 0.4], [10, 0.5]],
+            depths=[1, 2, 2], width=1.0,
+        )
+        for scale, died, errors in ((1.0, 10, (91.0, 92.0, 95.0)), (0.1, None, (50.0, 60.0, 55.0)))
+        for seed, error in enumerate(errors)
+    ]  # fmt: skip
+    _write_records(runs, {"residual-speedup": speed, "residual-scaling": scaling})
+    text = _report(runs)
     assert (
-        "inception_v3 80.0% vs inception_resnet_v1 75.0% at step 10, 69.5% vs 59.5% at step 20 "
-        "(mean of 2 and 2 seeds): this agrees with the paper" in text
+        "| v3 vs IRv1 | inception_resnet_v1 | (1, 2, 1) | 30.0 | +1.00% | 10 | 3 | 62.0 (60.0-64.0) "
+        "| 62.0 (60.0-64.0) | 20 (20-20) | 30 (30-30) |" in text
     )
-    assert (runs / "v3_vs_IRv1_lr0.045_top1_error_steps.png").exists()
+    assert "| v3 vs IRv1 | inception_v3 | (2, 2, 1) | 30.0 | - | 10 | 3 | 72.0 (70.0-74.0) |" in text
+    assert "Final error 62.0 (60.0-64.0)% against 72.0 (70.0-74.0)% (3 and 3 seeds)" in text
+    assert "this agrees with the paper in direction" in text
+    assert "weight decay 4e-05 (l2)" in text and "Seeds 0, 1, 2" in text and "Test CPU, 2 cores" in text
+    assert "top5" not in text.lower().replace("top-5 error is not reported", "")
+    assert "| 1.0 | 3 | seed 0: step 10, pre-pool features all zero, seed 1: step 10" in text
+    assert "| 0.1 | 3 | none | 55.0 (50.0-60.0) | 3 of 3 |" in text
+    assert "Lowest mean final error: scale 0.1 (55.0 (50.0-60.0)%); every one of its seeds ends below" in text
+    assert "Scale 1.0: 3 of 3 seeds end at or above chance (90.0%)" in text
+    assert "the zeros come mostly from BatchNorm's moving statistics lagging" in text
+    assert (runs / "v3_vs_IRv1_top1_error_steps.png").exists()
+
+    overlapping = [dict(r, top1_error=[70.0, 65.0 + r["seed"] * 5]) for r in speed]  # seeds' ranges overlap
+    runs2 = tmp_path / "other" / "reproduction"
+    _write_records(runs2, {"residual-speedup": overlapping})
+    assert "does not agree with the paper" in _report(runs2) or "seeds' final errors overlap" in _report(
+        runs2
+    )
+
+
+NUMBER = re.compile(r"(?<![A-Za-z_\-.\d])[-+]?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
+
+
+def _figures(records: list[dict]) -> set[str]:
+    """Every number the records hold or that the report may compute from them, as it may be printed."""
+    values: list[float] = []
+
+    def walk(v):
+        if isinstance(v, bool) or v is None:
+            return
+        if isinstance(v, (int, float)):
+            values.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            values.append(len(v))
+            for x in v:
+                walk(x)
+
+    for r in records:
+        walk(r)
+        values += [100 * r.get("pair_mismatch", 0), r["multiply_adds"] / 1e6]
+        if "classes" in r:
+            values.append(100 * (1 - 1 / r["classes"]))
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["experiment"], r["model"], r.get("scale")), []).append(r)
+    values += list(range(max(len(g) for g in groups.values()) + 1))  # counts of seeds
+    for group in [*groups.values(), records]:
+        for key in ("top1_error", "loss", "wall_s", "cpu_s", "zero_trace", "batch_stat_zero_trace"):
+            series = [[p[1] if isinstance(p, list) else p for p in r.get(key, [])] for r in group]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            n = min(len(s) for s in series)
+            for column in [
+                *[[s[i] for s in series] for i in range(n)],
+                [max(s) for s in series],
+                [min(s) for s in series],
+            ]:
+                values += [float(np.mean(column)), min(column), max(column)]
+        for key in ("zero_trace", "batch_stat_zero_trace"):  # over all runs of an experiment
+            peaks = [max(p[1] for p in r[key]) for r in group if r.get(key)]
+            if peaks:
+                values += [float(np.mean(peaks)), min(peaks), max(peaks)]
+    out = set()
+    for v in values:
+        for digits in range(4):
+            out.add(f"{v:.{digits}f}")
+            out.add(f"{v:+.{digits}f}")
+        out.add(f"{v:g}")
+        if float(v).is_integer():
+            out.add(f"{int(v):,}")
+    return out
+
+
+def _strings(value) -> set[str]:
+    if isinstance(value, str):
+        return {value} if len(value) >= 3 else set()
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return set().union(*(_strings(v) for v in items)) if items else set()
+
+
+def test_reproduction_report_says_only_what_its_records_hold(tmp_path):
+    """docs/reproduction.md is exactly what its committed records produce, and every figure in its prose
+    (outside tables and image links) is a number the records hold or one computed from them."""
+    docs = os.path.join(ROOT, "docs")
+    records = []
+    runs = tmp_path / "reproduction"
+    for experiment in ("residual-speedup", "residual-scaling"):
+        folder = os.path.join(docs, "reproduction", experiment)
+        if os.path.isdir(folder):
+            shutil.copytree(folder, runs / experiment)
+            records += [json.loads((runs / experiment / f).read_text()) for f in sorted(os.listdir(folder))]
+    assert records, "docs/reproduction holds no run records"
+    with open(os.path.join(docs, "reproduction.md")) as f:
+        committed = f.read()
+    assert _report(runs) == committed
+    figures = _figures(records)
+    prose = [ln for ln in committed.splitlines() if ln and not ln.startswith(("|", "![", "#"))]
+    text = "\n".join(prose)
+    for quoted in sorted(_strings(records), key=len, reverse=True):  # versions, CPU name: quoted as recorded
+        text = text.replace(quoted, " ")
+    text = re.sub(r"(?i)top-[15]|\(paper [^)]*\)|one-minute|`[^`]*`", " ", text)
+    unexplained = sorted({n.rstrip(",") for n in NUMBER.findall(text)} - figures)
+    assert not unexplained, f"figures in docs/reproduction.md that no record holds: {unexplained}"
 
 
 @pytest.mark.slow
