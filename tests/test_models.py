@@ -6,6 +6,8 @@ parameter counts and variable manifests are the reference's (``registry.slim_man
 is the public checkpoints' list of names and shapes).
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from keras_inception.models import MODELS, get
 FAMILIES = list(MODELS)  # keras.applications' MODEL_LIST, timm's list_models()
 SLIM_FAMILIES = [name for name in FAMILIES if registry.family(name).slim_scope]
 REDUCED = {"depths": (1, 1, 1), "input_shape": (75, 75, 3)}
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 # slim's end points of the base networks at 299x299, in order (batch dimension dropped).
 SLIM_BASE_END_POINTS = {
@@ -163,7 +166,11 @@ def test_parameter_counts_multiply_adds_and_slim_manifest(name):
     published = get(name)()
     assert published.count_params() == plain
     reference = {"inception_v3": 5.73e9, "inception_v4": 12.28e9, "inception_resnet_v2": 13.18e9}[name]
-    assert 0.995 * reference < ki.multiply_adds(published) <= reference  # ours: convolutions and dense only
+    macs = ki.multiply_adds(published)
+    assert 0.995 * reference < macs <= reference  # ours: convolutions and dense only
+    with open(README) as f:
+        row = next(line for line in f if line.startswith(f"| `{registry.family(name).slim_scope}` |"))
+    assert f"| {macs / 1e9:.2f} G | {reference / 1e9:.2f} G |" in row  # the README's columns
     model = get(name)(classes=1001, aux_logits=True)
     assert model.count_params() == with_aux
     scope = registry.family(name).slim_scope
