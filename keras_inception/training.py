@@ -459,8 +459,12 @@ class ResidualDeathMonitor(keras.callbacks.Callback):
     """Detects the paper's "dying" residual networks (section 3.3).
 
     Every ``every`` batches, the features entering the final average pool are
-    computed for ``probe`` images; when at least ``zero_fraction`` of them are exactly
-    zero, or the loss is not finite or above ``max_loss``, the network has died.
+    computed for ``probe`` images twice: with the probe batch's own BatchNorm
+    statistics, as a training step sees them (``batch_trace``), and with the moving
+    statistics of inference (``trace``); the moving statistics are left as they were.
+    The network has died when at least ``zero_fraction`` of the training-step features
+    are exactly zero, or when the loss is not finite or above ``max_loss``. Zeros seen
+    only with the moving statistics are lagging statistics, not dead units.
     ``events`` records ``(step, reason, zero fraction, loss)``; ``stop`` ends training.
     """
 
@@ -489,14 +493,14 @@ class ResidualDeathMonitor(keras.callbacks.Callback):
         dead_loss = not np.isfinite(loss) or loss > self.max_loss
         if self._step % self.every and not dead_loss:
             return
-        features = np.asarray(self._features(self.probe, training=False))
-        zeros = float(np.mean(features == 0.0))
-        self.trace.append((self._step, zeros))
+        moving = np.asarray(self._features(self.probe, training=False))
+        self.trace.append((self._step, float(np.mean(moving == 0.0))))
         state = [v.numpy() for v in self._features.non_trainable_variables]
-        batch_features = np.asarray(self._features(self.probe, training=True))
+        features = np.asarray(self._features(self.probe, training=True))
         for variable, value in zip(self._features.non_trainable_variables, state, strict=True):
             variable.assign(value)
-        self.batch_trace.append((self._step, float(np.mean(batch_features == 0.0))))
+        zeros = float(np.mean(features == 0.0))
+        self.batch_trace.append((self._step, zeros))
         reason = (
             "loss diverged"
             if dead_loss
