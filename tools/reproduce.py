@@ -413,8 +413,9 @@ def _scaling_section(out: str, scaling: list[dict]) -> list[str]:
         "The residual scale applies to every block of `Repeat`, `Repeat_1` and `Repeat_2`; the final "
         "`Block8` (linear, no ReLU) keeps scale 1.0 in every variant, as slim builds it. Every "
         f"{r0['args']['probe_every']} steps a fixed probe batch's pre-pool features are checked for "
-        "all-zero output (the paper's \"death\"), once with BatchNorm's moving statistics (inference) and "
-        "once with the batch's own statistics (as in a training step); the loss is checked for divergence. "
+        "zeros twice: with the batch's own BatchNorm statistics, as a training step sees them (all zero is "
+        'the paper\'s "death"), and with the moving statistics of inference; the loss is checked for '
+        "divergence. "
         f"Chance level is {chance:.1f}% top-1 error. Cells read mean (min-max) over seeds.",
         "",
     ]
