@@ -90,7 +90,11 @@ class Timer(keras.callbacks.Callback):
 
 
 def provenance() -> dict:
-    """Package version, commit (``-dirty`` with uncommitted changes) and machine of a run."""
+    """Package version, commit (``-dirty`` with uncommitted changes) and machine of this process.
+
+    Read once, when the process starts (:data:`PROVENANCE`): the commit is that of the code
+    the process loaded, even if the checkout moves while it runs.
+    """
 
     def git(*argv: str) -> str:
         try:
@@ -117,13 +121,15 @@ def provenance() -> dict:
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+PROVENANCE = provenance()
 
 
 def run(args, name: str, seed: int, extra: dict, callbacks=()) -> dict:
     """Train one configuration for ``--steps``; evaluate every ``--eval-every`` steps."""
-    started = provenance()
+    started = {**PROVENANCE, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     keras.utils.set_random_seed(seed)
     train_src, val_src = open_data(args.data, 0)
     builder = get(name)
