@@ -98,7 +98,12 @@ def provenance() -> dict:
 
     def git(*argv: str) -> str:
         try:
-            return subprocess.run(["git", *argv], capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", os.path.dirname(os.path.abspath(__file__)), *argv],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
