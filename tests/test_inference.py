@@ -3,10 +3,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import randomize
+from PIL import Image
 
 import keras_inception as ki
-from keras_inception import export, inference
+from keras_inception import cli, evaluation, export, inference, predict
 from keras_inception.layers import AdaptedInput, ClassifierOutput, output_layers
 from keras_inception.models.base import all_layers
 
@@ -135,3 +137,88 @@ def test_mixed_bfloat16():
     out = folded.predict(x, verbose=0)
     assert out.dtype == np.float32  # ClassifierOutput stays float32
     assert export.compare(reference, out)["cosine"] > 0.99
+
+
+# ---------------------------------------------------------------- who uses it
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return randomize(ki.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=3, **REDUCED), seed=8)
+
+
+@pytest.fixture
+def folds(monkeypatch):
+    """The models :func:`inference.fold_batchnorm` made during the test."""
+    made, fold = [], inference.fold_batchnorm
+    monkeypatch.setattr(inference, "fold_batchnorm", lambda model: made.append(fold(model)) or made[-1])
+    return made
+
+
+def _photo(path) -> str:
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 90, 3), np.uint8)).save(path)
+    return str(path)
+
+
+def test_classify_runs_the_folded_model_unless_told(tiny, folds, tmp_path):
+    photo = _photo(tmp_path / "a.png")
+    results, _ = predict.classify(tiny, [photo], top=3)
+    assert len(folds) == 1 and not batchnorms(folds[0])
+    batch = ki.preprocessing.eval_transform(ki.preprocessing.load_image(photo), (75, 75))[None]
+    scores = folds[0].predict(batch, verbose=0)[0]
+    np.testing.assert_allclose([s for _, s in results[0][1]], np.sort(scores)[::-1], rtol=1e-6)
+    predict.classify(tiny, [photo], top=3, fold_batchnorm=False)
+    assert len(folds) == 1
+
+
+def test_evaluate_runs_the_folded_models_unless_told(tiny, folds):
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 80, 80, 3), np.uint8), np.array([0, 2])))
+    folded = evaluation.evaluate([tiny, tiny], data, ["a", "b", "c"], scheme=1, size=75)
+    assert len(folds) == 2 and not any(batchnorms(m) for m in folds)
+    unfolded = evaluation.evaluate([tiny], data, ["a", "b", "c"], scheme=1, size=75, fold_batchnorm=False)
+    assert len(folds) == 2
+    assert (folded.top1_error, folded.top5_error) == (unfolded.top1_error, unfolded.top5_error)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tiny, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
+    tiny.save(path)
+    return path
+
+
+def test_cli_predict_and_evaluate_fold_unless_told(tiny_file, folds, tmp_path, capsys):
+    photo = _photo(tmp_path / "a.png")
+    assert cli.main(["predict", photo, "--model", tiny_file, "--top", "1"]) == 0
+    assert len(folds) == 1 and not batchnorms(folds[0])
+    assert cli.main(["predict", photo, "--model", tiny_file, "--top", "1", "--no-fold-batchnorm"]) == 0
+    assert len(folds) == 1
+
+    for name in "abc":
+        (tmp_path / "data" / name).mkdir(parents=True)
+        _photo(tmp_path / "data" / name / "x.png")
+    command = ["evaluate", "--data", str(tmp_path / "data"), "--models", tiny_file]
+    assert cli.main(command) == 0
+    assert len(folds) == 2 and not batchnorms(folds[1])
+    assert cli.main([*command, "--no-fold-batchnorm"]) == 0
+    assert len(folds) == 2
+    capsys.readouterr()
+
+
+def _variables(saved_model: str) -> list[str]:
+    return [v.name for v in tf.saved_model.load(saved_model).variables]
+
+
+def test_export_writes_the_folded_model_unless_told(tiny, tiny_file, tmp_path, capsys):
+    folded = export.export_model(tiny, "savedmodel", str(tmp_path / "folded"))
+    names = _variables(folded.path)
+    assert "Conv2d_1a_3x3/bias:0" in names and not [n for n in names if "BatchNorm" in n]
+    assert folded.agreement["max_abs_diff"] <= 1e-6  # checked against the folded model
+
+    out = str(tmp_path / "cli")
+    assert cli.main(["export", tiny_file, "--output", out, "--no-fold-batchnorm"]) == 0
+    names = _variables(f"{out}/1")
+    assert "Conv2d_1a_3x3-BatchNorm/moving_mean:0" in names and "Conv2d_1a_3x3/bias:0" not in names
+    assert cli.main(["export", tiny_file, "--output", out]) == 0
+    assert not [n for n in _variables(f"{out}/2") if "BatchNorm" in n]
+    assert "against Keras: cosine 1" in capsys.readouterr().out
