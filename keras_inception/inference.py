@@ -25,9 +25,6 @@ CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in,
 class _Removed:
     """Stands for a folded BatchNorm in the clone: its call passes its input through."""
 
-    def __init__(self, layer: layers.BatchNormalization):
-        self.layer = layer
-
 
 def _histories(value) -> Iterator[tuple[str, int, int]]:
     """The ``keras_history`` ``(layer, node, tensor)`` of every tensor in a serialised call."""
@@ -123,21 +120,25 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
     Every other layer is a copy (config and weights); nested models are folded in turn.
     The end points (:func:`keras_inception.end_points`) are carried over to the new graph,
-    an end point that was a folded BatchNorm's output becoming its convolution's. A model
-    with nothing to fold comes back as it is (the same object); a ``Sequential`` one comes
-    back as a Functional model.
+    an end point that was a folded BatchNorm's output becoming its convolution's (one that
+    is no layer's first output is left out). A model with nothing to fold comes back as it
+    is (the same object); a ``Sequential`` one comes back as a Functional model.
     """
-    if not has_batchnorm_to_fold(model):
+    graph = _graph(model)
+    if graph is None:
         return model
-    graph, config = _graph(model)
+    graph, config = graph
     pairs = _pairs(graph, config)
+    if not pairs and not any(isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph.layers):
+        return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
 
     def clone(layer):
         if isinstance(layer, keras.Model):
-            return fold_batchnorm(layer) if has_batchnorm_to_fold(layer) else _copy(layer)
+            folded = fold_batchnorm(layer)
+            return _copy(layer) if folded is layer else folded
         if layer.name in pairs:
-            return _Removed(layer)
+            return _Removed()
         if layer.name not in convs:
             return _copy(layer)
         new = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
