@@ -42,7 +42,13 @@ def cmd_predict(args) -> int:
         raise ValueError(f"--weights is for model names; {args.model} brings its own")
     else:
         model = models.create(args.model)
-    results, failures = predict.classify(model, args.images, batch_size=args.batch_size, top=args.top)
+    results, failures = predict.classify(
+        model,
+        args.images,
+        batch_size=args.batch_size,
+        top=args.top,
+        fold_batchnorm=not args.no_fold_batchnorm,
+    )
     for path, top in results:
         print(f"{path}:")
         for name, score in top:
@@ -57,7 +63,13 @@ def cmd_export(args) -> int:
 
     model = models.create(args.source, weights=args.weights)
     result = export.export_model(
-        model, args.format, args.output, args.quantize, args.calibration, args.version
+        model,
+        args.format,
+        args.output,
+        args.quantize,
+        args.calibration,
+        args.version,
+        fold_batchnorm=not args.no_fold_batchnorm,
     )
     print(f"exported {model.name} -> {result.path} ({result.size_bytes / 1e6:.1f} MB)")
     figures = ", ".join(f"{k} {v:.6g}" for k, v in result.agreement.items())
@@ -166,6 +178,7 @@ def cmd_evaluate(args) -> int:
             args.limit,
             total=source.num_examples,
             batch_size=args.batch_size,
+            fold_batchnorm=not args.no_fold_batchnorm,
         )
         results.append(result)
         print(f"| {scheme} | {result.images} | {result.top1_error:.2f} | {result.top5_error:.2f} |")
@@ -203,6 +216,15 @@ def _data_options(p: argparse.ArgumentParser, tfrecords: bool = True) -> None:
         choices=("skip", "raise"),
         default="skip",
         help="unreadable image files in a folder: skip and list them, or stop with an error",
+    )
+
+
+def _fold_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--no-fold-batchnorm",
+        action="store_true",
+        help=f"{what} the model as built, BatchNorm layers and all, instead of its inference form "
+        "(each BatchNorm folded into the convolution before it)",
     )
 
 
@@ -251,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="with a network name: a tag or a weights file (default: imagenet)")
     r.add_argument("--top", type=int, default=5, help="classes shown per image")
     r.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _fold_option(r, "run")
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser(
@@ -263,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", help="image folder: int8 calibration, and the images the check runs on")
     e.add_argument("--output", help="SavedModel folder (versioned) or file (default: under saved_models/)")
     e.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")
+    _fold_option(e, "export (and check against)")
     e.set_defaults(func=cmd_export)
 
     t = sub.add_parser("train", help="train from scratch with the paper's recipe", formatter_class=fmt)
@@ -343,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--limit", type=int, help="evaluate the first N images")
     v.add_argument("--batch-size", type=int, default=48, help="crops per forward pass")
+    _fold_option(v, "evaluate")
     _data_options(v)
     v.set_defaults(func=cmd_evaluate)
 

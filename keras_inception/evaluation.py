@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import preprocessing
+from keras_inception import inference, preprocessing
 from keras_inception.layers import output_layers
 
 GOOGLENET_SCALES = (256, 288, 320, 352)
@@ -120,6 +120,7 @@ def evaluate(
     top_confused: int = 10,
     total: int | None = None,
     batch_size: int = 32,
+    fold_batchnorm: bool = True,
 ) -> Result:
     """Evaluate a model or an ensemble on ``(uint8 image, label)`` pairs.
 
@@ -127,10 +128,14 @@ def evaluate(
     ``batch_size`` crops at a time; each image's softmax is averaged over its crops
     and over the models. Models with 1001 outputs (slim's background first) are read
     as 1000 classes; other mismatches are refused. ``total`` sizes the progress bar.
+    Each model runs in its inference form (:func:`inference.fold_batchnorm`) unless
+    ``fold_batchnorm`` is false.
     """
     if scheme not in CROP_SCHEMES:
         raise ValueError(f"crop scheme must be one of {CROP_SCHEMES}, got {scheme}")
     offsets = [_class_offset(model, class_names) for model in models]
+    if fold_batchnorm:
+        models = [inference.fold_batchnorm(model) for model in models]
     per_batch = max(1, batch_size // scheme)  # images per forward pass
     views = (
         dataset.take(limit or -1)

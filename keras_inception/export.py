@@ -1,7 +1,9 @@
 """Deployment: SavedModel for TF Serving, TFLite / LiteRT (float32, float16, int8), ONNX.
 
-Every path is checked against the Keras model it came from; :func:`compare` gives the
-figures (cosine similarity, top-1 agreement, max abs difference) that the docs record.
+Every path is checked against the Keras model it came from (by default its inference
+form, BatchNorm folded into the convolutions: :mod:`keras_inception.inference`);
+:func:`compare` gives the figures (cosine similarity, top-1 agreement, max abs difference)
+that the docs record.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import files, imagenet, preprocessing
+from keras_inception import files, imagenet, inference, preprocessing
 from keras_inception.layers import output_layers
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -331,16 +333,22 @@ def export_model(
     quantize: str = "none",
     calibration: str | None = None,
     version: int | None = None,
+    fold_batchnorm: bool = True,
 ) -> ExportResult:
     """Export ``model`` and check the result against Keras on up to 16 images.
 
-    The check images are ``calibration``'s (after slim's evaluation transform), or
-    one random image; the SavedModel is checked through its ``serving_default``.
+    What is exported, and checked against, is the model's inference form
+    (:func:`inference.fold_batchnorm`: BatchNorm folded into the convolutions), or
+    ``model`` as it is with ``fold_batchnorm=False``. The check images are
+    ``calibration``'s (after slim's evaluation transform), or one random image; the
+    SavedModel is checked through its ``serving_default``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if quantize != "none" and fmt != "tflite":
         raise ValueError(f"--quantize {quantize} applies to tflite only")
+    if fold_batchnorm:
+        model = inference.fold_batchnorm(model)
     size = input_size(model)
     if calibration:
         check = representative_images(calibration, size)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
-from keras_inception import export, preprocessing
+from keras_inception import export, inference, preprocessing
 from keras_inception.data import IMAGE_EXTENSIONS
 
 Prediction = tuple[str, list[tuple[str, float]]]
@@ -55,6 +55,7 @@ def classify(
     batch_size: int = 32,
     top: int = 5,
     class_names: Sequence[str] | None = None,
+    fold_batchnorm: bool = True,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Top ``top`` classes of each image file: ``(results, failures)``.
 
@@ -65,7 +66,8 @@ def classify(
     ``failures`` is ``[(path, one-line reason), ...]`` for the files that could not be
     read, which never stop the others. Class names default to the model's own (a
     fine-tuned model carries them), else ImageNet's for 1000 or 1001 (slim's,
-    background first) outputs, else the class index.
+    background first) outputs, else the class index. The images run through the model's
+    inference form (:func:`inference.fold_batchnorm`) unless ``fold_batchnorm`` is false.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = size or export.input_size(model)
@@ -80,6 +82,8 @@ def classify(
         else:
             failures.append((path, "no image files in directory"))
     names = None if class_names is None else list(class_names)
+    if fold_batchnorm and files:
+        model = inference.fold_batchnorm(model)
     for batch_paths, images in _batches(files, size, batch_size, failures):
         scores = model.predict(images, batch_size=batch_size, verbose=0)
         if isinstance(scores, (list, tuple)):  # a model with an aux head: the main output
