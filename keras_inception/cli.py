@@ -70,6 +70,7 @@ def cmd_export(args) -> int:
         args.calibration,
         args.version,
         fold_batchnorm=not args.no_fold_batchnorm,
+        precision=args.precision,
     )
     print(f"exported {model.name} -> {result.path} ({result.size_bytes / 1e6:.1f} MB)")
     figures = ", ".join(f"{k} {v:.6g}" for k, v in result.agreement.items())
@@ -277,14 +278,24 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser(
-        "export", help="SavedModel for TF Serving, TFLite / LiteRT, or ONNX", formatter_class=fmt
+        "export", help="SavedModel for TF Serving, TFLite / LiteRT, ONNX, or OpenVINO", formatter_class=fmt
     )
     e.add_argument("source", help="model name (with --weights), .keras file, or slim checkpoint / archive")
     e.add_argument("--weights", help="with a model name: a tag (imagenet, ...) or a weights file")
     e.add_argument("--format", choices=export.FORMATS, default="savedmodel", help="what to write")
     e.add_argument("--quantize", choices=export.QUANTIZATIONS, default="none", help="TFLite quantization")
+    e.add_argument(
+        "--precision",
+        choices=export.OPENVINO_PRECISIONS,
+        help="OpenVINO precision (default float32): bfloat16 is a compile hint recorded in the model, "
+        "int8 is NNCF quantization calibrated on --calibration",
+    )
     e.add_argument("--calibration", help="image folder: int8 calibration, and the images the check runs on")
-    e.add_argument("--output", help="SavedModel folder (versioned) or file (default: under saved_models/)")
+    e.add_argument(
+        "--output",
+        help="SavedModel folder (versioned) or file; OpenVINO: FILE.xml, weights in FILE.bin "
+        "(default: under saved_models/)",
+    )
     e.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")
     _fold_option(e, "export (and check against)")
     e.set_defaults(func=cmd_export)
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, export.MissingExtraError) as error:
         print(f"keras-inception {args.command}: error: {error}", file=sys.stderr)
         return 2
 

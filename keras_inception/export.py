@@ -1,4 +1,5 @@
-"""Deployment: SavedModel for TF Serving, TFLite / LiteRT (float32, float16, int8), ONNX.
+"""Deployment: SavedModel for TF Serving, TFLite / LiteRT (float32, float16, int8), ONNX,
+OpenVINO IR (float32, bfloat16, int8).
 
 Every path is checked against the Keras model it came from (by default its inference
 form, BatchNorm folded into the convolutions: :mod:`keras_inception.inference`);
@@ -23,7 +24,11 @@ from keras_inception import files, imagenet, inference, preprocessing
 from keras_inception.layers import output_layers
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-FORMATS = ("savedmodel", "tflite", "onnx")
+FORMATS = ("savedmodel", "tflite", "onnx", "openvino")
+OPENVINO_PRECISIONS = ("float32", "bfloat16", "int8")
+# the CPU plugin's INFERENCE_PRECISION_HINT for each: it computes in bf16 by default where the
+# CPU has bf16 units, so float32 (and int8's unquantized layers) must ask for f32
+OPENVINO_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
 SAVED_MODELS = "saved_models"
 
 
@@ -268,7 +273,7 @@ def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
     try:
         import tf2onnx
     except ImportError as error:
-        raise ImportError("ONNX export needs the onnx extra: pip install 'keras-inception[onnx]'") from error
+        raise _missing_extra(error, "onnx") from error
     size = input_size(model)
     fn = tf.function(lambda x: model(x, training=False))
     spec = (tf.TensorSpec([None, *size, 3], tf.float32, name="images"),)
@@ -276,6 +281,90 @@ def export_onnx(model: keras.Model, path: str, opset: int = 17) -> str:
     entry = proto.metadata_props.add()
     entry.key, entry.value = "class_names", json.dumps(class_names(model))
     return files.write_bytes(path, proto.SerializeToString())
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def _missing_extra(error: ImportError, extra: str) -> MissingExtraError:
+    return MissingExtraError(f"{error.name or extra} is missing: pip install 'keras-inception[{extra}]'")
+
+
+def export_openvino(
+    model: keras.Model,
+    path: str,
+    precision: str = "float32",
+    calibration: Iterable[np.ndarray] | None = None,
+) -> str:
+    """OpenVINO IR: ``path`` (``FILE.xml``) and its weights ``FILE.bin``, written atomically;
+    converted from a SavedModel; input ``images``, float32 ``[N, H, W, 3]`` in [-1, 1].
+
+    ``precision``: ``float32``; ``bfloat16`` (the same float32 weights, computed in bfloat16
+    on CPUs that have it); ``int8`` (NNCF post-training quantization calibrated on
+    ``calibration`` images, slim's evaluation transform applied). The model's rt_info holds,
+    under ``keras_inception``: ``precision``, ``inference_precision_hint`` (``f32`` / ``bf16``,
+    what to pass as ``INFERENCE_PRECISION_HINT`` when compiling: OpenVINO does not apply it
+    by itself; :func:`openvino_runner` does) and ``class_names`` (a JSON list).
+    """
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
+    if not path.endswith(".xml"):
+        raise ValueError(f"an OpenVINO model is written as FILE.xml (and FILE.bin), not {path!r}")
+    samples = list(calibration or [])
+    if precision == "int8" and not samples:
+        raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+    try:
+        import openvino
+
+        if precision == "int8":
+            import nncf
+    except ImportError as error:
+        raise _missing_extra(error, "openvino") from error
+    size = input_size(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serve",
+            lambda images: model(images, training=False),
+            input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="images")],
+        )
+        archive.write_out(tmp, verbose=False)
+        converted = openvino.convert_model(tmp)
+    if precision == "int8":
+        dataset = nncf.Dataset(samples, lambda s: s[np.newaxis].astype(np.float32))
+        converted = nncf.quantize(converted, dataset, subset_size=len(samples))
+    for key, value in {
+        "precision": precision,
+        "inference_precision_hint": OPENVINO_HINTS[precision],
+        "class_names": json.dumps(class_names(model)),
+    }.items():
+        converted.set_rt_info(value, ["keras_inception", key])
+    with files.atomic_files([os.path.splitext(path)[0] + ".bin", path]) as (_, staged):
+        openvino.save_model(converted, staged, compress_to_fp16=False)
+    return path
+
+
+def openvino_info(model_or_path) -> dict[str, str]:
+    """What :func:`export_openvino` recorded in an IR's rt_info (empty for other IR files)."""
+    if isinstance(model_or_path, str):
+        import openvino
+
+        model_or_path = openvino.Core().read_model(model_or_path)
+    keys = [["keras_inception", k] for k in ("precision", "inference_precision_hint", "class_names")]
+    return {k[1]: model_or_path.get_rt_info(k).astype(str) for k in keys if model_or_path.has_rt_info(k)}
+
+
+def openvino_runner(path: str, hint: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Runs an ``.xml`` on the CPU, compiled with ``hint`` or else the precision hint it records."""
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(path)
+    hint = hint or openvino_info(model).get("inference_precision_hint")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {})
+    return lambda images: np.array(compiled(images.astype(np.float32))[0])
 
 
 def onnx_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -334,6 +423,7 @@ def export_model(
     calibration: str | None = None,
     version: int | None = None,
     fold_batchnorm: bool = True,
+    precision: str | None = None,
 ) -> ExportResult:
     """Export ``model`` and check the result against Keras on up to 16 images.
 
@@ -341,12 +431,16 @@ def export_model(
     (:func:`inference.fold_batchnorm`: BatchNorm folded into the convolutions), or
     ``model`` as it is with ``fold_batchnorm=False``. The check images are
     ``calibration``'s (after slim's evaluation transform), or one random image; the
-    SavedModel is checked through its ``serving_default``.
+    SavedModel is checked through its ``serving_default``. ``quantize`` is TFLite's,
+    ``precision`` OpenVINO's (default float32); both int8 calibrate on ``calibration``'s
+    images (the first 100).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if quantize != "none" and fmt != "tflite":
         raise ValueError(f"--quantize {quantize} applies to tflite only")
+    if precision is not None and fmt != "openvino":
+        raise ValueError(f"--precision {precision} applies to openvino only")
     if fold_batchnorm:
         model = inference.fold_batchnorm(model)
     size = input_size(model)
@@ -368,6 +462,13 @@ def export_model(
         runner = TFLiteRunner(path)
         agreement = compare(model.predict(images, verbose=0), runner(images))
         agreement["latency_ms_batch1"] = latency_ms(runner, images[0])
+    elif fmt == "openvino":
+        precision = precision or "float32"
+        path = output or os.path.join(SAVED_MODELS, f"{model.name}_{precision}.xml")
+        export_openvino(model, path, precision, check if calibration else None)
+        agreement = compare(model.predict(images, verbose=0), openvino_runner(path)(images))
+        path_bin = os.path.splitext(path)[0] + ".bin"
+        return ExportResult(path, disk_size(path) + disk_size(path_bin), agreement)
     else:
         path = export_onnx(model, output or os.path.join(SAVED_MODELS, f"{model.name}.onnx"))
         agreement = compare(model.predict(images, verbose=0), onnx_runner(path)(images))

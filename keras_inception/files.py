@@ -39,6 +39,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_files(paths: list[str | os.PathLike]) -> Iterator[list[str]]:
+    """:func:`atomic_path` for files that belong together (one folder): staged side by side,
+    published in the order given, so the last (the one readers open) comes last."""
+    paths = [os.path.abspath(os.fspath(p)) for p in paths]
+    parent = os.path.dirname(paths[-1])
+    if any(os.path.dirname(p) != parent for p in paths):
+        raise ValueError(f"files published together must share a folder: {paths}")
+    with atomic_path(paths[-1]) as last:
+        staged = [os.path.join(os.path.dirname(last), os.path.basename(p)) for p in paths]
+        yield staged
+        for path, stage in zip(paths[:-1], staged[:-1], strict=True):
+            if not os.path.exists(stage):
+                raise FileNotFoundError(f"nothing was written for {path}")
+            os.replace(stage, path)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as staged, open(staged, "wb") as f:

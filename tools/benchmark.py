@@ -1,21 +1,28 @@
-"""Speed, memory and scaling of the four networks, beside keras.applications and the
-machine's matmul peak, in one run; writes docs/benchmarks.md and PNG plots.
+"""Speed, memory and scaling of the four networks, beside peers and the machine's matmul
+peak, in one run; writes docs/benchmarks.md and PNG plots.
 
     keras-inception benchmark            # or python tools/benchmark.py: the full table
     keras-inception benchmark --quick    # batch 1 and 32, float32 / bfloat16 only
 
-Every figure is a median of --repeats timed calls after a warm-up, with min and max.
-Speed is never asserted in tests; tests/test_benchmark.py runs a tiny configuration.
+Peers (--peers): keras.applications (InceptionV3, InceptionResNetV2), OpenVINO (our model
+exported as float32, bfloat16 and NNCF int8) and timm (PyTorch, channels_last, bfloat16 by
+autocast; tools/torch_peers.py). A peer that is not installed is named as skipped. All ways
+of running one network are timed interleaved: a warm-up each, then --repeats rounds timing
+each once, the order rotated every round. Every figure is the median of those calls, with
+min and max (the best). Training runs each case in a fresh process (for its peak RSS).
+Speed is never asserted in tests; tests/test_benchmark*.py run tiny configurations.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
-import resource
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -31,10 +38,23 @@ import tensorflow as tf  # noqa: E402
 from keras_inception import export, reporting  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 
-PEERS = {
+KERAS_APPLICATIONS = {
     "inception_resnet_v2": keras.applications.InceptionResNetV2,
     "inception_v3": keras.applications.InceptionV3,
 }
+PEERS = ("keras.applications", "openvino", "timm")
+TORCH_PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peers.py")
+
+
+@functools.cache
+def torch_peers() -> dict:
+    """tools/torch_peers.py's names (a sibling file, loaded by path: tools/ is no package; it
+    imports torch and timm only when called)."""
+    return runpy.run_path(TORCH_PEERS)
+
+
+def stats(rates: list[float]) -> dict:
+    return {"median": float(np.median(rates)), "min": float(min(rates)), "max": float(max(rates))}
 
 
 def timed(fn: Callable[[], object], repeats: int, images: int) -> dict:
@@ -45,7 +65,7 @@ def timed(fn: Callable[[], object], repeats: int, images: int) -> dict:
         start = time.perf_counter()
         fn()
         rates.append(images / (time.perf_counter() - start))
-    return {"median": float(np.median(rates)), "min": float(min(rates)), "max": float(max(rates))}
+    return stats(rates)
 
 
 def matmul_peak(n: int, dtype: str, repeats: int) -> float:
@@ -57,136 +77,237 @@ def matmul_peak(n: int, dtype: str, repeats: int) -> float:
     return 2 * n**3 * rate / 1e9
 
 
-def build(name: str, size: int, policy: str = "float32", peer: bool = False) -> keras.Model:
+def build(name: str, size: int, policy: str = "float32", peer: bool = False, **shape) -> keras.Model:
+    """Ours (``shape``: width, depths), or keras.applications' with ``peer``."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
         if peer:
-            return PEERS[name](weights=None, input_shape=(size, size, 3), classifier_activation=None)
-        return MODELS[name](input_shape=(size, size, 3), classifier_activation=None)
+            return KERAS_APPLICATIONS[name](
+                weights=None, input_shape=(size, size, 3), classifier_activation=None
+            )
+        return MODELS[name](input_shape=(size, size, 3), classifier_activation=None, **shape)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
+def shape(args) -> dict:
+    """Our networks' width and depths as --width / --depths give them."""
+    return {"width": args.width, **({"depths": tuple(args.depths)} if args.depths else {})}
+
+
 def keras_rate(model: keras.Model, batch: int, size: int, xla: bool, repeats: int) -> dict:
-    x = tf.random.uniform((batch, size, size, 3), -1, 1)
+    return timed(keras_call(model, size, xla)(batch), repeats, batch)
+
+
+def keras_call(model: keras.Model, size: int, xla: bool = False) -> Callable[[int], Callable[[], object]]:
     f = tf.function(lambda t: model(t, training=False), jit_compile=xla)
-    return timed(lambda: f(x).numpy(), repeats, batch)
+
+    def make(batch: int) -> Callable[[], object]:
+        x = tf.random.uniform((batch, size, size, 3), -1, 1)
+        return lambda: f(x).numpy()
+
+    return make
+
+
+def numpy_call(run: Callable[[np.ndarray], object], size: int) -> Callable[[int], Callable[[], object]]:
+    def make(batch: int) -> Callable[[], object]:
+        x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+        return lambda: run(x)
+
+    return make
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return export.compare(np.asarray(a, np.float32), np.asarray(b, np.float32))["cosine"]
 
 
-def inference_rows(args, name: str) -> list[dict]:
-    rows = []
+@dataclasses.dataclass
+class Case:
+    """One way of running a network; ``make(batch)`` gives the call that is timed."""
+
+    path: str
+    precision: str  # float32, bfloat16, int8, float16 (LiteRT's weights)
+    make: Callable[[int], Callable[[], object]]
+    cosine: float = float("nan")  # logits against ours in float32 (nan: the peer's own weights)
+    peer: str = ""  # "" for ours
+    gflop: float | None = None  # per image; None: our network's
+    batches: tuple[int, ...] = ()  # () for every batch size
+
+
+def interleaved(cases: list[Case], batch: int, repeats: int, skipped: list[str], name: str) -> list:
+    """``(case, images/s stats)`` of every case that runs: one warm-up each, then ``repeats``
+    rounds timing each case once, in an order rotated every round."""
+    calls = []
+    for case in cases:
+        try:
+            call = case.make(batch)
+            call()
+            calls.append((case, call, []))
+        except Exception as error:  # a peer that cannot run this shape is named, not fatal
+            skipped.append(f"{case.path} ({name}, batch {batch}): {type(error).__name__}: {str(error)[:150]}")
+    for r in range(repeats):
+        k = r % max(len(calls), 1)
+        for _, call, rates in calls[k:] + calls[:k]:
+            start = time.perf_counter()
+            call()
+            rates.append(batch / (time.perf_counter() - start))
+    return [(case, stats(rates)) for case, _, rates in calls]
+
+
+def calibration(size: int) -> list[np.ndarray]:
+    """int8 calibration for LiteRT and OpenVINO: 8 random images in [-1, 1]."""
+    return [np.random.default_rng(i).uniform(-1, 1, (size, size, 3)).astype(np.float32) for i in range(8)]
+
+
+def policy_precision(policy: str) -> str:
+    return "bfloat16" if "bfloat16" in policy else "float16" if "float16" in policy else "float32"
+
+
+def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
     size = args.image_size
-    fp32 = build(name, size)
+    fp32 = build(name, size, **shape(args))
     gflop = 2 * multiply_adds(fp32) / 1e9
+
+    @functools.cache
+    def published() -> float:  # peers run the published networks, whatever --width / --depths say
+        return gflop if shape(args) == {"width": 1.0} else 2 * multiply_adds(build(name, size)) / 1e9
+
     probe = tf.random.uniform((4, size, size, 3), -1, 1, seed=0)
     reference = fp32(probe, training=False).numpy()
+    cases = []
     for policy in args.precisions:
-        model = fp32 if policy == "float32" else build(name, size, policy)
+        model = fp32 if policy == "float32" else build(name, size, policy, **shape(args))
         if model is not fp32:
             model.set_weights(fp32.get_weights())
         agree = cosine(reference, model(probe, training=False))
         for xla in args.xla:
-            for batch in args.batch_sizes:
-                rate = keras_rate(model, batch, size, xla, args.repeats)
+            path = f"Keras {policy}" + (" XLA" if xla else "")
+            cases.append(Case(path, policy_precision(policy), keras_call(model, size, xla), agree))
+    with tempfile.TemporaryDirectory() as tmp:
+        if "keras.applications" in args.peers and name in KERAS_APPLICATIONS:
+            for policy in args.precisions:
+                peer = keras_call(build(name, size, policy, peer=True), size)
+                path = f"keras.applications {policy}"
+                cases.append(
+                    Case(path, policy_precision(policy), peer, peer="keras.applications", gflop=published())
+                )
+        if not args.skip_deploy:
+            cases += deploy_cases(args, fp32, reference, probe, tmp)
+        if "openvino" in args.peers:
+            cases += openvino_cases(args, fp32, reference, probe, tmp, skipped)
+        if "timm" in args.peers:
+            cases += timm_cases(args, name, skipped, published)
+        rows = []
+        for batch in args.batch_sizes:
+            eligible = [c for c in cases if not c.batches or batch in c.batches]
+            for case, rate in interleaved(eligible, batch, args.repeats, skipped, name):
+                g = case.gflop or gflop
                 rows.append(
                     {
                         "model": name,
-                        "path": f"Keras {policy}" + (" XLA" if xla else ""),
+                        "path": case.path,
+                        "precision": case.precision,
+                        "peer": case.peer,
                         "batch": batch,
                         **rate,
-                        "gflops": gflop * rate["median"],
-                        "cosine": agree,
+                        "gflops": g * rate["median"],
+                        "best_gflops": g * rate["max"],
+                        "cosine": case.cosine,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-    if name in PEERS and not args.skip_peers:
-        peer = build(name, size, peer=True)
-        for batch in args.batch_sizes:
-            rate = keras_rate(peer, batch, size, False, args.repeats)
-            rows.append(
-                {
-                    "model": name,
-                    "path": "keras.applications float32",
-                    "batch": batch,
-                    **rate,
-                    "gflops": gflop * rate["median"],
-                    "cosine": float("nan"),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-    if not args.skip_deploy:
-        rows += deploy_rows(args, name, fp32, gflop, reference, probe)
     return rows
 
 
-def deploy_rows(args, name, model, gflop, reference, probe) -> list[dict]:
-    rows = []
+def deploy_cases(args, model, reference, probe, tmp) -> list[Case]:
+    """Ours through SavedModel, LiteRT (batch 1; float32, float16 weights, int8) and ONNX Runtime."""
     size = args.image_size
-    one = probe.numpy()[:1]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "sm")
-        model.export(path, format="tf_saved_model", verbose=False)
-        served = tf.saved_model.load(path)
-        for batch in args.batch_sizes:
-            x = tf.random.uniform((batch, size, size, 3), -1, 1)
-            rate = timed(lambda x=x: served.serve(x).numpy(), args.repeats, batch)
-            rows.append(
-                {
-                    "model": name,
-                    "path": "SavedModel float32",
-                    "batch": batch,
-                    **rate,
-                    "gflops": gflop * rate["median"],
-                    "cosine": cosine(reference, served.serve(probe)),
-                }
+    path = os.path.join(tmp, "sm")
+    model.export(path, format="tf_saved_model", verbose=False)
+    served = tf.saved_model.load(path)
+    cases = [
+        Case(
+            "SavedModel float32",
+            "float32",
+            numpy_call(lambda x: served.serve(x).numpy(), size),
+            cosine(reference, served.serve(probe)),
+        )
+    ]
+    for quantize in ("none", "float16", "int8"):
+        path = os.path.join(tmp, f"{quantize}.tflite")
+        runner = export.TFLiteRunner(export.export_tflite(model, path, quantize, calibration(size)))
+        precision = {"none": "float32"}.get(quantize, quantize)
+        cases.append(
+            Case(
+                f"LiteRT {precision} (XNNPACK)",
+                precision,
+                numpy_call(runner, size),
+                cosine(reference, runner(probe.numpy())),
+                batches=(1,),
             )
-        calibration = [
-            np.random.default_rng(i).uniform(-1, 1, (size, size, 3)).astype(np.float32) for i in range(8)
-        ]
-        for quantize in ("none", "float16", "int8"):
-            f = export.export_tflite(model, os.path.join(tmp, f"{quantize}.tflite"), quantize, calibration)
-            runner = export.TFLiteRunner(f)
-            rate = timed(lambda runner=runner: runner(one), args.repeats, 1)
-            label = {"none": "float32"}.get(quantize, quantize)
-            rows.append(
-                {
-                    "model": name,
-                    "path": f"LiteRT {label} (XNNPACK)",
-                    "batch": 1,
-                    **rate,
-                    "gflops": gflop * rate["median"],
-                    "cosine": cosine(reference, runner(probe.numpy())),
-                }
+        )
+    try:
+        run = export.onnx_runner(export.export_onnx(model, os.path.join(tmp, "m.onnx")))
+        cases.append(
+            Case(
+                "ONNX Runtime float32",
+                "float32",
+                numpy_call(run, size),
+                cosine(reference, run(probe.numpy())),
             )
-            print(json.dumps(rows[-1]), flush=True)
+        )
+    except ImportError:
+        print("onnx extra not installed: no ONNX rows")
+    return cases
+
+
+def openvino_cases(args, model, reference, probe, tmp, skipped: list[str]) -> list[Case]:
+    """Our model exported to OpenVINO (float32, bfloat16 hint, NNCF int8), run on the CPU."""
+    cases = []
+    for i, precision in enumerate(export.OPENVINO_PRECISIONS):
+        path = os.path.join(tmp, f"{precision}.xml")
         try:
-            run = export.onnx_runner(export.export_onnx(model, os.path.join(tmp, "m.onnx")))
-            for batch in args.batch_sizes:
-                x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
-                rate = timed(lambda x=x: run(x), args.repeats, batch)
-                rows.append(
-                    {
-                        "model": name,
-                        "path": "ONNX Runtime float32",
-                        "batch": batch,
-                        **rate,
-                        "gflops": gflop * rate["median"],
-                        "cosine": cosine(reference, run(probe.numpy())),
-                    }
-                )
-        except ImportError:
-            print("onnx extra not installed: no ONNX rows")
-    return rows
+            export.export_openvino(model, path, precision, calibration(args.image_size))
+        except ImportError as error:  # openvino missing: all; nncf missing: int8
+            skipped.append(f"OpenVINO {'/'.join(export.OPENVINO_PRECISIONS[i:])}: {error}")
+            break
+        run = export.openvino_runner(path)
+        cases.append(
+            Case(
+                f"OpenVINO {precision}",
+                precision,
+                numpy_call(run, args.image_size),
+                cosine(reference, run(probe.numpy())),
+                peer="OpenVINO",
+            )
+        )
+    return cases
 
 
-def train_worker(name: str, batch: int, size: int, repeats: int) -> dict:
+def timm_ready(name: str, skipped: list[str]) -> bool:
+    """Whether timm has ``name`` and imports here; if it does not import, it is named as skipped."""
+    if reason := torch_peers()["unavailable"]():
+        skipped.append(f"timm: not installed ({reason})")
+        return False
+    return name in torch_peers()["NAMES"]
+
+
+def timm_cases(args, name: str, skipped: list[str], gflop: Callable[[], float]) -> list[Case]:
+    if not timm_ready(name, skipped):
+        return []
+    cases = []
+    for precision in dict.fromkeys(map(policy_precision, args.precisions)):
+        path = f"timm {precision}" + (" autocast" if precision == "bfloat16" else "") + " channels_last"
+        make = torch_peers()["inference_call"](name, args.image_size, precision)
+        cases.append(Case(path, precision, make, peer="timm", gflop=gflop()))
+    return cases
+
+
+def train_worker(name: str, batch: int, size: int, repeats: int, policy: str, **shape) -> dict:
     """Training images/s and peak RSS, measured in a fresh process."""
-    model = MODELS[name](input_shape=(size, size, 3))
+    keras.config.set_dtype_policy(policy)
+    model = MODELS[name](input_shape=(size, size, 3), **shape)
     model.compile(
         keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0), "categorical_crossentropy"
     )
@@ -195,42 +316,44 @@ def train_worker(name: str, batch: int, size: int, repeats: int) -> dict:
     rate = timed(lambda: model.train_on_batch(x, y), repeats, batch)
     return {
         "model": name,
+        "who": "ours",
+        "precision": policy_precision(policy),
         "batch": batch,
         **rate,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": torch_peers()["peak_rss_gb"](),  # VmHWM: not the parent's, as ru_maxrss would be
     }
 
 
-def training_rows(args, name: str) -> list[dict]:
+def _worker(command: list[str], row: dict) -> dict:
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {**row, "error": (out.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
+    """Ours and timm's training step, each case in a fresh process."""
     rows = []
-    for batch in args.train_batch_sizes:
-        out = subprocess.run(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--train-worker",
-                name,
-                str(batch),
-                "--repeats",
-                str(args.repeats),
-                "--image-size",
-                str(args.image_size),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            rows.append({"model": name, "batch": batch, "error": out.stderr.strip().splitlines()[-1][:200]})
-        else:
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    timm = "timm" in args.peers and timm_ready(name, skipped)
+    common = ["--repeats", str(args.repeats), "--image-size", str(args.image_size)]
+    ours = [sys.executable, os.path.abspath(__file__), *common, "--width", str(args.width)]
+    ours += ["--depths", *map(str, args.depths)] if args.depths else []
+    for policy in args.train_precisions:
+        for batch in args.train_batch_sizes:
+            row = {"model": name, "precision": policy_precision(policy), "batch": batch}
+            rows.append(_worker([*ours, "--train-worker", name, str(batch), policy], {**row, "who": "ours"}))
+            print(json.dumps(rows[-1]), flush=True)
+            if timm:
+                peer = [sys.executable, TORCH_PEERS, "train", name, str(batch), row["precision"], *common]
+                rows.append(_worker(peer, {**row, "who": "timm"}))
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def scaling_rows(args, name: str) -> list[dict]:
     rows = []
     for size in args.sizes:
-        model = build(name, size)
+        model = build(name, size, **shape(args))
         gflop = 2 * multiply_adds(model) / 1e9
         for batch in args.scaling_batches if size == args.image_size else [args.scaling_batches[-1]]:
             rate = keras_rate(model, batch, size, False, args.repeats)
@@ -245,7 +368,7 @@ def profile_rows(args, name: str, batch: int = 16) -> list[dict]:
     """Where the time goes: every convolution timed alone on its own input shape, summed
     by kernel shape, against the whole network; the rest is BatchNorm, ReLU, pooling,
     concatenation and memory traffic."""
-    model = build(name, args.image_size)
+    model = build(name, args.image_size, **shape(args))
     total = keras_rate(model, batch, args.image_size, False, args.repeats)["median"]
     whole_s = batch / total
     groups: dict[str, list[float]] = {}
@@ -297,20 +420,96 @@ def find(rows: list[dict], model: str, path: str, batch: int) -> dict | None:
     return next((r for r in rows if (r["model"], r["path"], r["batch"]) == (model, path, batch)), None)
 
 
+OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (first one measured)
+    "float32": ("Keras float32",),
+    "bfloat16": ("Keras mixed_bfloat16",),
+    "int8": ("Keras mixed_bfloat16", "Keras float32"),
+}
+
+
+def share(r: dict, peak: dict) -> str:
+    """Share of the matmul peak of the row's precision (bfloat16's for bfloat16 and int8 rows)."""
+    return f"{r['gflops'] / peak['bfloat16' if r['precision'] in ('bfloat16', 'int8') else 'float32']:.0%}"
+
+
+def peer_pairs(inference: list[dict]) -> list[tuple[dict, dict]]:
+    """``(peer row, our row)``: each peer against our Keras path at its precision."""
+    pairs = []
+    for r in inference:
+        if r["peer"]:
+            found = (find(inference, r["model"], p, r["batch"]) for p in OURS_FOR.get(r["precision"], ()))
+            if ours := next((o for o in found if o), None):
+                pairs.append((r, ours))
+    return pairs
+
+
 def write_report(
-    args, peak: dict, inference: list, training: list, scaling: list, profile: list = ()
+    args, peak: dict, inference: list, training: list, scaling: list, profile: list = (), skipped: list = ()
 ) -> None:
     f = lambda r: f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"  # noqa: E731
+    skipped = list(dict.fromkeys(skipped))
     lines = [
         "# Benchmarks",
         "",
         f"Measured by `tools/benchmark.py` on {datetime.date.today()}: {machine()}.",
-        f"Median images/s of {args.repeats} timed calls after a warm-up (min-max in brackets); "
-        f"{args.image_size}x{args.image_size} inputs unless stated.",
+        f"Images/s: median of {args.repeats} timed calls after a warm-up (min-max in brackets; the "
+        "best is the max), every way of running a network timed interleaved with the others in "
+        f"rounds; {args.image_size}x{args.image_size} inputs unless stated.",
         "",
-        f"Machine limit: float32 matmul {peak['float32']:.1f} GFLOP/s"
-        + (f", bfloat16 matmul {peak['bfloat16']:.1f} GFLOP/s" if "bfloat16" in peak else "")
-        + f" ({args.matmul_size}x{args.matmul_size}).",
+        f"Machine limit: float32 matmul {peak['float32']:.1f} GFLOP/s, "
+        f"bfloat16 matmul {peak['bfloat16']:.1f} GFLOP/s ({args.matmul_size}x{args.matmul_size}).",
+    ]
+    if shape(args) != {"width": 1.0}:
+        depths = tuple(args.depths) if args.depths else "as published"
+        lines += [
+            "",
+            f"Ours are reduced (width {args.width}, depths {depths}); the peers are the published networks.",
+        ]
+    pairs = peer_pairs(inference)
+    train_pairs = [
+        (r, o)
+        for r in training
+        if r.get("who") == "timm" and "error" not in r
+        for o in training
+        if o.get("who") == "ours"
+        and "error" not in o
+        and (o["model"], o["precision"], o["batch"]) == (r["model"], r["precision"], r["batch"])
+    ]
+    lines += [
+        "",
+        "## Ours against peers (same run)",
+        "",
+        "ours/peer above 1 means ours is faster. Ours is our Keras model at the peer's precision "
+        "(int8: our lowest precision measured); keras.applications and timm have their own random "
+        "weights, OpenVINO runs our exported model. Share: of the matmul peak of the precision "
+        "(bfloat16's for int8).",
+        "",
+    ]
+    lines += reporting.table(
+        ["model", "batch", "peer", "peer images/s (best)", "ours", "ours images/s (best)", "ours/peer",
+         "ours/peer (best)", "share of peak: peer, ours"],
+        [
+            [
+                r["model"], r["batch"], r["path"], f"{r['median']:.2f} ({r['max']:.2f})", o["path"],
+                f"{o['median']:.2f} ({o['max']:.2f})", f"{o['median'] / r['median']:.2f}x",
+                f"{o['max'] / r['max']:.2f}x", f"{share(r, peak)}, {share(o, peak)}",
+            ]
+            for r, o in pairs
+        ],
+    )  # fmt: skip
+    if train_pairs:
+        lines += ["", "Training step (each case in a fresh process):", ""]
+        lines += reporting.table(
+            ["model", "precision", "batch", "timm images/s", "ours images/s", "ours/timm",
+             "peak RSS GB: timm, ours"],
+            [
+                [r["model"], r["precision"], r["batch"], f"{r['median']:.2f}", f"{o['median']:.2f}",
+                 f"{o['median'] / r['median']:.2f}x", f"{r['peak_rss_gb']:.2f}, {o['peak_rss_gb']:.2f}"]
+                for r, o in train_pairs
+            ],
+        )  # fmt: skip
+    lines += ["", "Skipped: " + ("; ".join(skipped) if skipped else "none") + "."]
+    lines += [
         "",
         "## Inference",
         "",
@@ -321,47 +520,18 @@ def write_report(
                 "batch",
                 "images/s",
                 "GFLOP/s",
-                "share of fp32 matmul peak",
+                "share of matmul peak",
                 "logits cosine vs fp32",
             ],
             [
-                [
-                    r["model"],
-                    r["path"],
-                    r["batch"],
-                    f(r),
-                    f"{r['gflops']:.1f}",
-                    f"{r['gflops'] / peak['float32']:.0%}",
-                    f"{r['cosine']:.6f}",
-                ]
+                [r["model"], r["path"], r["batch"], f(r), f"{r['gflops']:.1f}", share(r, peak)]
+                + [f"{r['cosine']:.6f}"]
                 for r in inference
             ],
         ),
     ]
-
-    def against(path: str, base_path: str) -> list[tuple[dict, dict]]:
-        pairs = [
-            (r, find(inference, r["model"], base_path, r["batch"])) for r in inference if r["path"] == path
-        ]
-        return [(r, base) for r, base in pairs if base]
-
-    peers = against("keras.applications float32", "Keras float32")
-    if peers:
-        lines += ["", "### Ours against keras.applications (same run, float32)", ""]
-        lines += reporting.table(
-            ["model", "batch", "ours images/s", "keras.applications images/s", "ratio"],
-            [
-                [
-                    r["model"],
-                    r["batch"],
-                    f"{ours['median']:.2f}",
-                    f"{r['median']:.2f}",
-                    f"{ours['median'] / r['median']:.2f}x",
-                ]
-                for r, ours in peers
-            ],
-        )
-    bf16 = against("Keras mixed_bfloat16", "Keras float32")
+    bf16 = [(r, find(inference, r["model"], "Keras float32", r["batch"])) for r in inference]
+    bf16 = [(r, base) for r, base in bf16 if base and r["path"] == "Keras mixed_bfloat16"]
     if bf16:
         lines += ["", "### mixed_bfloat16 against float32", ""]
         lines += reporting.table(
@@ -372,13 +542,17 @@ def write_report(
             ],
         )
     if training:
-        lines += ["", "## Training (`train_on_batch`, RMSProp, float32)", ""]
+        lines += [
+            "",
+            "## Training (RMSProp; ours `train_on_batch`, timm autocast; each in a fresh process)",
+            "",
+        ]
         lines += reporting.table(
-            ["model", "batch", "images/s", "peak RSS (GB)"],
+            ["model", "who", "precision", "batch", "images/s", "peak RSS (GB)"],
             [
-                [r["model"], r["batch"], f(r), f"{r['peak_rss_gb']:.1f}"]
+                [r["model"], r["who"], r["precision"], r["batch"], f(r), f"{r['peak_rss_gb']:.2f}"]
                 if "error" not in r
-                else [r["model"], r["batch"], f"failed: {r['error']}", "-"]
+                else [r["model"], r["who"], r["precision"], r["batch"], f"failed: {r['error']}", "-"]
                 for r in training
             ],
         )
@@ -418,6 +592,7 @@ def write_report(
         "training": training,
         "scaling": scaling,
         "profile": list(profile),
+        "skipped": skipped,
     }
     reporting.write_text(os.path.splitext(args.output)[0] + ".json", [json.dumps(results, indent=1)])
     print(f"wrote {args.output}")
@@ -462,49 +637,68 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-models", nargs="*", default=["inception_v4", "inception_resnet_v2"])
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     p.add_argument("--xla", type=lambda s: s == "on", nargs="+", default=[False, True], metavar="off|on")
-    p.add_argument("--train-batch-sizes", type=int, nargs="*", default=[32])
+    p.add_argument(
+        "--peers",
+        nargs="*",
+        choices=PEERS,
+        default=list(PEERS),
+        help="peers run beside ours (none: no peers)",
+    )
+    p.add_argument("--train-batch-sizes", type=int, nargs="*", default=[32], help="training step batches")
+    p.add_argument(
+        "--train-precisions",
+        nargs="*",
+        choices=("float32", "mixed_bfloat16"),
+        default=["float32", "mixed_bfloat16"],
+        help="training steps: ours in this policy, timm in float32 or bfloat16 autocast",
+    )
     p.add_argument("--image-size", type=int, default=299, help="input side of every row but scaling")
     p.add_argument("--sizes", type=int, nargs="*", default=[299, 399, 511])
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--scaling-models", nargs="*", default=["inception_v4"])
+    p.add_argument("--width", type=float, default=1.0, help="our networks' channel multiplier (peers: 1)")
+    p.add_argument("--depths", type=int, nargs=3, help="our networks' blocks per stage (peers: published)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--matmul-size", type=int, default=4096)
-    p.add_argument("--skip-peers", action="store_true")
-    p.add_argument("--skip-deploy", action="store_true")
-    p.add_argument("--quick", action="store_true", help="no XLA, deployment, training or scaling rows")
+    p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
+    p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="no XLA, deployment, training, profile or scaling rows (peers run)",
+    )
     p.add_argument("--output", default="docs/benchmarks.md")
-    p.add_argument("--train-worker", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--train-worker", nargs=3, metavar=("MODEL", "BATCH", "POLICY"), help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.train_worker:
+        name, batch, policy = args.train_worker
         print(
-            json.dumps(
-                train_worker(args.train_worker[0], int(args.train_worker[1]), args.image_size, args.repeats)
-            )
+            json.dumps(train_worker(name, int(batch), args.image_size, args.repeats, policy, **shape(args)))
         )
         return 0
     if args.quick:
         args.xla, args.skip_deploy, args.train_batch_sizes, args.scaling_models = [False], True, [], []
         args.profile_models = []
-    peak = {"float32": matmul_peak(args.matmul_size, "float32", args.repeats)}
-    if any("bfloat16" in p for p in args.precisions):
-        peak["bfloat16"] = matmul_peak(args.matmul_size, "bfloat16", args.repeats)
+    if args.skip_peers:
+        args.peers = []
+    peak = {dtype: matmul_peak(args.matmul_size, dtype, args.repeats) for dtype in ("float32", "bfloat16")}
     print(json.dumps(peak), flush=True)
-    inference, training, scaling, profile = [], [], [], []
+    inference, training, scaling, profile, skipped = [], [], [], [], []
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     for name in args.models:  # the report is rewritten after each model: a stopped run keeps its rows
-        inference += inference_rows(args, name)
-        training += training_rows(args, name)
+        inference += inference_rows(args, name, skipped)
+        training += training_rows(args, name, skipped)
         if name in args.profile_models:
             profile += profile_rows(args, name)
         keras.backend.clear_session()
-        write_report(args, peak, inference, training, scaling, profile)
+        write_report(args, peak, inference, training, scaling, profile, skipped)
     for name in args.scaling_models:
         scaling += scaling_rows(args, name)
-    write_report(args, peak, inference, training, scaling, profile)
+    write_report(args, peak, inference, training, scaling, profile, skipped)
     return 0
 
 

@@ -4,8 +4,8 @@
         --models inception_v3 inception_v4 --weights imagenet
 
 For each model: file size, cosine similarity of logits and top-1 agreement with the
-float32 Keras model, and batch-1 latency (LiteRT with XNNPACK; ONNX Runtime). The
-first half of the images calibrates int8, the second half is measured.
+float32 Keras model, and batch-1 latency (LiteRT with XNNPACK; ONNX Runtime; OpenVINO on
+the CPU). The first half of the images calibrates int8, the second half is measured.
 """
 
 from __future__ import annotations
@@ -71,6 +71,24 @@ def measure(name: str, weights: str | None, images: list[np.ndarray], workdir: s
         )
     except ImportError as error:
         print(f"ONNX skipped: {error}")
+    for precision in export.OPENVINO_PRECISIONS:
+        try:
+            path = export.export_openvino(
+                model, os.path.join(workdir, f"{name}_{precision}.xml"), precision, calibration
+            )
+        except ImportError as error:
+            print(f"OpenVINO skipped: {error}")
+            break
+        run = export.openvino_runner(path)
+        rows.append(
+            {
+                "path": f"OpenVINO {precision}" + (" (NNCF)" if precision == "int8" else ""),
+                "size_mb": export.disk_size(path.replace(".xml", ".bin")) / 1e6,
+                **export.compare(reference, run(held_out)),
+                "latency_ms": export.latency_ms(run, held_out[0]),
+            }
+        )
+        print(name, rows[-1], flush=True)
     return rows
 
 
@@ -97,10 +115,11 @@ def main() -> None:
         )
         + ".",
         "Agreement is against the float32 Keras model's logits; latency is the median of 10 batch-1 "
-        "calls after a warm-up (LiteRT uses XNNPACK on the CPU). Untrained logits are small and nearly "
-        "tied, so top-1 agreement understates what trained weights give; the cosine similarity is the "
-        "figure to read. Latencies are only as quiet as the machine was: `tools/benchmark.py` has the "
-        "controlled throughput figures.",
+        "calls after a warm-up (LiteRT uses XNNPACK on the CPU; OpenVINO bfloat16 is the float32 file "
+        "compiled with `INFERENCE_PRECISION_HINT=bf16`, its int8 is NNCF's post-training quantization). "
+        "Untrained logits are small and nearly tied, so top-1 agreement understates what trained "
+        "weights give; the cosine similarity is the figure to read. Latencies are only as quiet as "
+        "the machine was: `tools/benchmark.py` has the controlled throughput figures.",
         "",
     ]
     with tempfile.TemporaryDirectory() as workdir:

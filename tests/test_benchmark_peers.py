@@ -1,0 +1,51 @@
+"""The benchmark's peers (keras.applications, OpenVINO, timm) on a tiny configuration: the ratios table
+comes first, a peer that is not installed is named as skipped (speed is never asserted)."""
+
+import json
+import subprocess
+import sys
+
+from keras_inception import cli
+
+
+def importable(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
+    out = tmp_path / "bench.md"
+    options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes 2 --xla off"
+    options += " --precisions float32 mixed_bfloat16 --repeats 2 --matmul-size 128 --skip-deploy"
+    options += (
+        " --peers keras.applications openvino timm --train-batch-sizes 2 --train-precisions mixed_bfloat16"
+    )
+    options += " --sizes --scaling-models --profile-models"
+    assert cli.main(["benchmark", *options.split(), "--output", str(out)]) == 0
+    text = out.read_text()
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert text.index("## Ours against peers") < text.index("## Inference")  # the ratios come first
+    assert "Ours are reduced" in text
+    ratios = text[text.index("## Ours against peers") : text.index("## Inference")]
+    assert "| inception_v3 | 2 | keras.applications float32 | " in ratios
+    assert "| inception_v3 | 2 | keras.applications mixed_bfloat16 | " in ratios
+    rows = {r["path"]: r for r in results["inference"]}
+    assert all(r["min"] <= r["median"] <= r["max"] for r in rows.values())
+    assert rows["keras.applications float32"]["peer"] == "keras.applications"
+    skipped = "; ".join(results["skipped"])
+    assert f"Skipped: {skipped or 'none'}." in text
+    if importable("openvino"):
+        assert rows["OpenVINO float32"]["cosine"] > 0.9999 and rows["OpenVINO bfloat16"]["cosine"] > 0.99
+        assert "| inception_v3 | 2 | OpenVINO float32 | " in ratios
+        assert "OpenVINO int8" in rows if importable("nncf") else "OpenVINO int8" in skipped
+    else:
+        assert "OpenVINO float32/bfloat16/int8" in skipped
+    training = results["training"]
+    ours = next(r for r in training if r["who"] == "ours")
+    assert ours["precision"] == "bfloat16" and ours["peak_rss_gb"] > 0
+    if importable("timm"):  # ran, or named with the reason it could not run this shape
+        assert all(
+            p in rows or p in skipped for p in ("timm float32 channels_last", "timm bfloat16 autocast")
+        )
+        assert any(r["who"] == "timm" for r in training)
+    else:
+        assert "timm: not installed" in skipped
