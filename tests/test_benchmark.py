@@ -152,6 +152,7 @@ def test_reproduce_report_from_recorded_runs(tmp_path):
     assert "| 0.1 | 3 | none | 55.0 (50.0-60.0) | 3 of 3 |" in text
     assert "Lowest mean final error: scale 0.1 (55.0 (50.0-60.0)%); every one of its seeds ends below" in text
     assert "Scale 1.0: 3 of 3 seeds end at or above chance (90.0%)" in text
+    assert "More unscaled seeds died than scaled ones: the direction of the paper's effect." in text
     assert "the zeros come mostly from BatchNorm's moving statistics lagging" in text
     assert (runs / "v3_vs_IRv1_top1_error_steps.png").exists()
 
@@ -203,6 +204,7 @@ def _figures(records: list[dict]) -> set[str]:
                 *[[s[i] for s in series] for i in range(n)],
                 [max(s) for s in series],
                 [min(s) for s in series],
+                [s[-1] for s in series],
             ]:
                 values += [float(np.mean(column)), min(column), max(column)]
         for key in ("zero_trace", "batch_stat_zero_trace"):  # over all runs of an experiment

@@ -284,7 +284,7 @@ def _provenance(runs: list[dict]) -> str:
         load = f"; one-minute load average during the runs {min(loads):.1f}-{max(loads):.1f}"
         if max(loads) > m.get("cores", 0) + 0.5:
             load += " (other jobs shared the machine at times, so the times are indicative only)"
-    return f"Measured on {where}, at commit {', '.join(c[:12] for c in commits)}{load}."
+    return f"Measured on {where}, at commit {', '.join(f'`{c[:12]}`' for c in commits)}{load}."
 
 
 def _recipe(r: dict) -> str:
@@ -459,6 +459,14 @@ def _scaling_section(out: str, scaling: list[dict]) -> list[str]:
     else:
         for scale, (runs, died, *_rest) in summary.items():
             lines.append(f"- Scale {scale}: {len(died)} of {len(runs)} seeds died.")
+        deaths = {scale: len(s[1]) for scale, s in summary.items()}
+        unscaled, scaled = deaths.get(1.0), [n for scale, n in deaths.items() if scale != 1.0]
+        if len(set(deaths.values())) == 1:
+            lines.append("- Deaths do not differ between the scales: the paper's effect does not appear.")
+        elif unscaled is not None and scaled and all(unscaled > n for n in scaled):
+            lines.append("- More unscaled seeds died than scaled ones: the direction of the paper's effect.")
+        else:
+            lines.append("- The deaths do not follow the scale in the paper's direction.")
     ranked = sorted(summary, key=lambda s: np.mean(summary[s][2]))
     best, rest = ranked[0], ranked[1:]
     separated = all(max(summary[best][2]) < min(summary[s][2]) for s in rest)
