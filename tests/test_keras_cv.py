@@ -164,6 +164,7 @@ LAYERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LAYERS)
 def test_layer_runs_in_the_pipeline(kcv, source, name):
     """The layers themselves, as a user passes them (the label mixers are found by name)."""
