@@ -58,14 +58,9 @@ def stats(rates: list[float]) -> dict:
 
 
 def timed(fn: Callable[[], object], repeats: int, images: int) -> dict:
-    """images/s of ``fn``: median, min and max of ``repeats`` calls after one warm-up."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        rates.append(images / (time.perf_counter() - start))
-    return stats(rates)
+    """images/s of ``fn``: median, min and max of ``repeats`` calls after one warm-up (the one
+    timer, in tools/torch_peers.py, which the PyTorch workers use without TensorFlow)."""
+    return torch_peers()["timed"](fn, repeats, images)
 
 
 def matmul_peak(n: int, dtype: str, repeats: int) -> float:
