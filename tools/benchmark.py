@@ -6,10 +6,11 @@ peak, in one run; writes docs/benchmarks.md and PNG plots.
 
 Peers (--peers): keras.applications (InceptionV3, InceptionResNetV2), OpenVINO (our model
 exported as float32, bfloat16 and NNCF int8) and timm (PyTorch, channels_last, bfloat16 by
-autocast; tools/torch_peers.py). A peer that is not installed is named as skipped. All ways
-of running one network are timed interleaved: a warm-up each, then --repeats rounds timing
-each once, the order rotated every round. Every figure is the median of those calls, with
-min and max (the best). Training runs each case in a fresh process (for its peak RSS).
+autocast; tools/torch_peers.py, in a process of --torch-python's). A peer that is not
+installed is named as skipped. All ways of running one network are timed interleaved: a
+warm-up each, then --repeats rounds timing each once, the order rotated every round. Every
+figure is the median of those calls, with min and max (the best). Training runs each case in
+a fresh process (for its peak RSS).
 Speed is never asserted in tests; tests/test_benchmark*.py run tiny configurations.
 """
 
@@ -193,8 +194,9 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
             cases += deploy_cases(args, fp32, reference, probe, tmp)
         if "openvino" in args.peers:
             cases += openvino_cases(args, fp32, reference, probe, tmp, skipped)
+        open_peers: list[TorchPeer] = []
         if "timm" in args.peers:
-            cases += timm_cases(args, name, skipped, published)
+            cases += timm_cases(args, name, skipped, published, open_peers)
         rows = []
         for batch in args.batch_sizes:
             eligible = [c for c in cases if not c.batches or batch in c.batches]
@@ -214,6 +216,8 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
+        for peer in open_peers:
+            peer.close()
     return rows
 
 
@@ -282,22 +286,59 @@ def openvino_cases(args, model, reference, probe, tmp, skipped: list[str]) -> li
     return cases
 
 
-def timm_ready(name: str, skipped: list[str]) -> bool:
-    """Whether timm has ``name`` and imports here; if it does not import, it is named as skipped."""
-    if reason := torch_peers()["unavailable"]():
-        skipped.append(f"timm: not installed ({reason})")
+@functools.cache
+def timm_unavailable(python: str) -> str | None:
+    """Why timm cannot run in ``python`` (tools/torch_peers.py check), or None."""
+    out = subprocess.run([python, TORCH_PEERS, "check"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return (out.stderr.strip().splitlines() or [f"{python} exited {out.returncode}"])[-1][:150]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timm_ready(args, name: str, skipped: list[str]) -> bool:
+    """Whether timm has ``name`` and runs in --torch-python; if it does not, it is named as skipped."""
+    if reason := timm_unavailable(args.torch_python):
+        skipped.append(f"timm: not installed in {args.torch_python} ({reason})")
         return False
     return name in torch_peers()["NAMES"]
 
 
-def timm_cases(args, name: str, skipped: list[str], gflop: Callable[[], float]) -> list[Case]:
-    if not timm_ready(name, skipped):
+class TorchPeer:
+    """A timm network served by tools/torch_peers.py in --torch-python's own process (torch and
+    TensorFlow never share a process or its thread pools); ``make(batch)`` gives one call."""
+
+    def __init__(self, python: str, name: str, precision: str, size: int):
+        command = [python, TORCH_PEERS, "serve", name, precision, "--image-size", str(size)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError(f"{' '.join(command)} did not start")
+
+    def make(self, batch: int) -> Callable[[], object]:
+        def call() -> float:
+            self.process.stdin.write(f"{batch}\n")
+            self.process.stdin.flush()
+            if not (reply := self.process.stdout.readline()):
+                raise RuntimeError(f"the timm process exited ({self.process.poll()})")
+            return float(reply)
+
+        return call
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def timm_cases(
+    args, name: str, skipped: list[str], gflop: Callable[[], float], open_peers: list
+) -> list[Case]:
+    if not timm_ready(args, name, skipped):
         return []
     cases = []
     for precision in dict.fromkeys(map(policy_precision, args.precisions)):
         path = f"timm {precision}" + (" autocast" if precision == "bfloat16" else "") + " channels_last"
-        make = torch_peers()["inference_call"](name, args.image_size, precision)
-        cases.append(Case(path, precision, make, peer="timm", gflop=gflop()))
+        open_peers.append(TorchPeer(args.torch_python, name, precision, args.image_size))
+        cases.append(Case(path, precision, open_peers[-1].make, peer="timm", gflop=gflop()))
     return cases
 
 
@@ -331,7 +372,7 @@ def _worker(command: list[str], row: dict) -> dict:
 def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
     """Ours and timm's training step, each case in a fresh process."""
     rows = []
-    timm = "timm" in args.peers and timm_ready(name, skipped)
+    timm = "timm" in args.peers and timm_ready(args, name, skipped)
     common = ["--repeats", str(args.repeats), "--image-size", str(args.image_size)]
     ours = [sys.executable, os.path.abspath(__file__), *common, "--width", str(args.width)]
     ours += ["--depths", *map(str, args.depths)] if args.depths else []
@@ -341,7 +382,7 @@ def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
             rows.append(_worker([*ours, "--train-worker", name, str(batch), policy], {**row, "who": "ours"}))
             print(json.dumps(rows[-1]), flush=True)
             if timm:
-                peer = [sys.executable, TORCH_PEERS, "train", name, str(batch), row["precision"], *common]
+                peer = [args.torch_python, TORCH_PEERS, "train", name, str(batch), row["precision"], *common]
                 rows.append(_worker(peer, {**row, "who": "timm"}))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -653,6 +694,11 @@ def parser() -> argparse.ArgumentParser:
         choices=PEERS,
         default=list(PEERS),
         help="peers run beside ours (none: no peers)",
+    )
+    p.add_argument(
+        "--torch-python",
+        default=sys.executable,
+        help="the Python that runs the timm peer (one with torch, torchvision and timm; default: this one)",
     )
     p.add_argument("--train-batch-sizes", type=int, nargs="*", default=[32], help="training step batches")
     p.add_argument(

@@ -1,9 +1,15 @@
 """timm's Inception networks, the PyTorch peers of tools/benchmark.py; no TensorFlow is imported here.
 
+It runs in whichever Python has torch, torchvision and timm (the benchmark's --torch-python),
+always in a process of its own:
+
+    python tools/torch_peers.py check                    # one JSON line: why timm cannot run, or null
+    python tools/torch_peers.py serve inception_v3 bfloat16 --image-size 299
     python tools/torch_peers.py train inception_v3 32 bfloat16 --repeats 5 --image-size 299
 
-prints one JSON line: training images/s (median, min, max) and the process's peak RSS.
-The benchmark times :func:`inference_call` beside ours and runs training here, in a fresh process.
+``serve`` builds one network, prints ``ready``, then for each batch size read from stdin runs one
+inference call and prints its seconds, so the benchmark can interleave it with its own calls.
+``train`` prints one JSON line: training images/s (median, min, max) and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -106,16 +112,39 @@ def train_worker(name: str, batch: int, precision: str, repeats: int, size: int)
     }
 
 
+def serve(name: str, precision: str, size: int) -> None:
+    """One inference call per batch size read from stdin; its seconds on stdout."""
+    make = inference_call(name, size, precision)
+    calls: dict[int, Callable[[], object]] = {}
+    print("ready", flush=True)
+    for line in sys.stdin:
+        batch = int(line)
+        call = calls.setdefault(batch, make(batch))
+        start = time.perf_counter()
+        call()
+        print(time.perf_counter() - start, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["train"])
-    p.add_argument("model", choices=NAMES)
-    p.add_argument("batch", type=int)
-    p.add_argument("precision", choices=PRECISIONS)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=299)
+    commands = p.add_subparsers(dest="command", required=True)
+    commands.add_parser("check", help="why timm cannot run in this Python (JSON), or null")
+    serve_p = commands.add_parser("serve", help="inference calls on demand (batch sizes on stdin)")
+    train_p = commands.add_parser("train", help="training images/s and peak RSS (one JSON line)")
+    for sub in (serve_p, train_p):
+        sub.add_argument("model", choices=NAMES)
+        if sub is train_p:
+            sub.add_argument("batch", type=int)
+        sub.add_argument("precision", choices=PRECISIONS)
+        sub.add_argument("--image-size", type=int, default=299)
+    train_p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    print(json.dumps(train_worker(args.model, args.batch, args.precision, args.repeats, args.image_size)))
+    if args.command == "check":
+        print(json.dumps(unavailable()))
+    elif args.command == "serve":
+        serve(args.model, args.precision, args.image_size)
+    else:
+        print(json.dumps(train_worker(args.model, args.batch, args.precision, args.repeats, args.image_size)))
     return 0
 
 
