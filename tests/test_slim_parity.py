@@ -65,7 +65,7 @@ def tf1_reference(model, initial: dict[str, np.ndarray]):
             if kind == "Conv2D":
                 y = tf.nn.conv2d(x, var(layer, "kernel"), layer.strides, layer.padding.upper())
                 y = y + var(layer, "bias") if layer.use_bias else y
-            elif kind == "BatchNormalization":
+            elif kind in ("BatchNormalization", "BatchNorm"):  # ours is Keras's, fused in training
                 mean, variance = tf.nn.moments(x, [0, 1, 2])
                 y = (x - mean) * tf.math.rsqrt(variance + layer.epsilon) + var(layer, "beta")
                 for name, value in (("moving_mean", mean), ("moving_variance", variance)):
