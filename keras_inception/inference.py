@@ -7,7 +7,10 @@ with ``s = gamma / sqrt(variance + epsilon)`` (``gamma = 1`` for slim's ``scale=
 so a convolution whose output feeds only a BatchNorm becomes one convolution with
 kernel ``kernel * s`` and bias ``(bias - mean) * s + beta``. The folded convolution keeps
 the convolution's name, so end points and weight provenance stay readable; the BatchNorm
-layer is gone. The folded model is for inference only: it has no batch statistics to train.
+layer is gone. Inception-ResNet's residual scale folds the same way: ``x + scale * up(h)``
+becomes ``x + up'(h)`` with ``up``'s kernel and bias times ``scale``, and the
+:class:`~keras_inception.layers.ScaleSum` keeps its name with scale 1 (a plain sum).
+The folded model is for inference only: it has no batch statistics to train.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 from keras import layers
+
+from keras_inception.layers import ScaleSum
 
 CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in, out]
 
@@ -50,43 +55,49 @@ def _graph(model: keras.Model) -> tuple[keras.Model, dict] | None:
     return (model, config) if "layers" in config else None
 
 
-def _pairs(model: keras.Model, config: dict) -> dict[str, str]:
-    """``{batchnorm name: convolution name}`` for the pairs of ``model``'s own graph that fold.
+def _pairs(model: keras.Model, config: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """``({batchnorm: convolution}, {scale-sum: convolution})``: what folds in ``model``'s own graph.
 
     Read from the functional config (public API): a convolution called once, channels
     last, without activation, whose one output feeds only a BatchNorm called once that
-    normalises the channels (and is neither a model output nor an end point).
+    normalises the channels (and is neither a model output nor an end point), or only the
+    residual input of a :class:`ScaleSum` called once.
     """
     calls = {entry["name"]: entry["inbound_nodes"] for entry in config["layers"]}
     uses = collections.Counter(_histories([entry["inbound_nodes"] for entry in config["layers"]]))
     uses.update(_histories(config.get("output_layers", [])))
     points = {id(t) for t in (getattr(model, "end_points", None) or {}).values()}
     uses.update((layer.name, 0, 0) for layer in model.layers if id(layer.output) in points)
-    pairs = {}
+
+    def sole_linear_conv(source: tuple[str, int, int]) -> layers.Layer | None:
+        if uses[source] != 1 or len(calls.get(source[0], ())) != 1:
+            return None
+        conv = model.get_layer(source[0])
+        plain = isinstance(conv, CONVOLUTIONS) and conv.activation is keras.activations.linear
+        return conv if plain and conv.data_format == "channels_last" else None
+
+    norms, sums = {}, {}
     for name, nodes in calls.items():
-        bn = model.get_layer(name)
-        if not isinstance(bn, layers.BatchNormalization) or len(nodes) != 1:
+        layer = model.get_layer(name)
+        if len(nodes) != 1:
             continue
         sources = list(_histories(nodes[0]["args"]))
-        if len(sources) != 1 or uses[sources[0]] != 1 or len(calls.get(sources[0][0], ())) != 1:
-            continue
-        conv = model.get_layer(sources[0][0])
-        rank = len(conv.output.shape)
-        if (
-            isinstance(conv, CONVOLUTIONS)
-            and conv.data_format == "channels_last"
-            and conv.activation is keras.activations.linear
-            and bn.axis in (-1, rank - 1)
-        ):
-            pairs[name] = conv.name
-    return pairs
+        if isinstance(layer, layers.BatchNormalization) and len(sources) == 1:
+            conv = sole_linear_conv(sources[0])
+            if conv is not None and layer.axis in (-1, len(conv.output.shape) - 1):
+                norms[name] = conv.name
+        elif isinstance(layer, ScaleSum) and len(sources) == 2 and layer.scale != 1.0:
+            conv = sole_linear_conv(sources[1])  # (shortcut, residual)
+            if conv is not None:
+                sums[name] = conv.name
+    return norms, sums
 
 
 def has_batchnorm_to_fold(model: keras.Model) -> bool:
-    """Whether ``model`` (or a model nested in it) has a convolution -> BatchNorm pair that folds."""
+    """Whether ``model`` (or a model nested in it) has a BatchNorm or a residual scale that folds."""
     graph = _graph(model)
     return graph is not None and (
-        bool(_pairs(*graph))
+        any(_pairs(*graph))
         or any(isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph[0].layers)
     )
 
@@ -128,10 +139,13 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     if graph is None:
         return model
     graph, config = graph
-    pairs = _pairs(graph, config)
-    if not pairs and not any(isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph.layers):
+    pairs, sums = _pairs(graph, config)
+    if not (pairs or sums) and not any(
+        isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph.layers
+    ):
         return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
+    scales = {conv: graph.get_layer(name).scale for name, conv in sums.items()}
 
     def clone(layer):
         if isinstance(layer, keras.Model):
@@ -139,11 +153,17 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
             return _copy(layer) if folded is layer else folded
         if layer.name in pairs:
             return _Removed()
-        if layer.name not in convs:
+        if layer.name in sums:
+            return ScaleSum.from_config({**layer.get_config(), "scale": 1.0})
+        if layer.name in scales:
+            weights = [w * scales[layer.name] for w in layer.get_weights()]
+        elif layer.name in convs:
+            weights = folded_weights(layer, convs[layer.name])
+        else:
             return _copy(layer)
-        new = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+        new = layer.__class__.from_config({**layer.get_config(), "use_bias": len(weights) == 2})
         new.build_from_config(layer.get_build_config())
-        new.set_weights(folded_weights(layer, convs[layer.name]))
+        new.set_weights(weights)
         return new
 
     def call(layer, *args, **kwargs):

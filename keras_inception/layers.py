@@ -237,6 +237,8 @@ class ScaleSum(layers.Layer):
 
     def call(self, inputs):
         shortcut, residual = inputs
+        if self.scale == 1.0:  # as the inference form has it (the scale folded into the projection)
+            return shortcut + residual
         return shortcut + ops.cast(self.scale, residual.dtype) * residual
 
     def compute_output_shape(self, input_shape):

@@ -12,7 +12,6 @@ import sys
 
 from keras_inception import cli
 
-
 TORCH_PYTHON = os.environ.get("KERAS_INCEPTION_TORCH_PYTHON", sys.executable)
 
 

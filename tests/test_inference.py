@@ -9,7 +9,7 @@ from PIL import Image
 
 import keras_inception as ki
 from keras_inception import cli, evaluation, export, inference, predict
-from keras_inception.layers import AdaptedInput, ClassifierOutput, output_layers
+from keras_inception.layers import AdaptedInput, ClassifierOutput, ScaleSum, output_layers
 from keras_inception.models.base import all_layers
 
 REDUCED = {"width": 0.25, "depths": (1, 1, 1)}
@@ -55,6 +55,13 @@ def test_folded_equals_unfolded(family, size, kwargs):
         was_normalised = f"{conv.name}-BatchNorm" in [x.name for x in model.layers]
         assert new.use_bias and (conv.use_bias or was_normalised)
         assert [w.path for w in new.weights] == [f"{conv.name}/kernel", f"{conv.name}/bias"]
+    sums = [x for x in model.layers if isinstance(x, ScaleSum)]  # Inception-ResNet's residual scales
+    assert bool(sums) == family.startswith("inception_resnet")
+    for layer in sums:  # the scale is in the projection's weights: kernel and bias times the scale
+        up = folded.get_layer(layer.name.removesuffix("ScaleSum") + "Conv2d_1x1")
+        assert folded.get_layer(layer.name).scale == 1.0
+        for w, w0 in zip(up.get_weights(), model.get_layer(up.name).get_weights(), strict=True):
+            np.testing.assert_allclose(w, w0 * layer.scale, rtol=1e-6)
 
     points = ki.end_points(folded)  # the end points, on the new graph
     assert list(points) == list(model.end_points)
