@@ -65,11 +65,12 @@ def timed(fn: Callable[[], object], repeats: int, images: int) -> dict:
 
 
 def matmul_peak(n: int, dtype: str, repeats: int) -> float:
-    """GFLOP/s of an n x n matmul (the machine's practical limit)."""
+    """GFLOP/s of the fastest of ``repeats`` n x n matmuls (the machine's practical limit; on a
+    shared machine the median can fall to half of it)."""
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
     f = tf.function(lambda: tf.matmul(a, a))
-    rate = timed(lambda: f().numpy(), repeats, 1)["median"]
+    rate = timed(lambda: f().numpy(), repeats, 1)["max"]
     return 2 * n**3 * rate / 1e9
 
 
@@ -161,6 +162,8 @@ def policy_precision(policy: str) -> str:
 
 
 def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
+    if not args.batch_sizes:
+        return []
     size = args.image_size
     fp32 = build(name, size, **shape(args))
     gflop = 2 * multiply_adds(fp32) / 1e9
@@ -370,7 +373,9 @@ def _worker(command: list[str], row: dict) -> dict:
 
 
 def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
-    """Ours and timm's training step, each case in a fresh process."""
+    """Ours and timm's training step, each run in a fresh process (for its peak RSS), in
+    --train-rounds rounds whose order alternates (ours first, then timm first); a row holds
+    the median of the rounds' medians, the min and max of all timed steps, the highest RSS."""
     rows = []
     timm = "timm" in args.peers and timm_ready(args, name, skipped)
     common = ["--repeats", str(args.repeats), "--image-size", str(args.image_size)]
@@ -379,12 +384,31 @@ def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
     for policy in args.train_precisions:
         for batch in args.train_batch_sizes:
             row = {"model": name, "precision": policy_precision(policy), "batch": batch}
-            rows.append(_worker([*ours, "--train-worker", name, str(batch), policy], {**row, "who": "ours"}))
-            print(json.dumps(rows[-1]), flush=True)
+            commands = {"ours": [*ours, "--train-worker", name, str(batch), policy]}
             if timm:
-                peer = [args.torch_python, TORCH_PEERS, "train", name, str(batch), row["precision"], *common]
-                rows.append(_worker(peer, {**row, "who": "timm"}))
-                print(json.dumps(rows[-1]), flush=True)
+                peer = [args.torch_python, TORCH_PEERS, "train", name, str(batch), row["precision"]]
+                commands["timm"] = peer + common
+            runs: dict[str, list[dict]] = {who: [] for who in commands}
+            for r in range(args.train_rounds):
+                for who in list(commands)[:: 1 if r % 2 == 0 else -1]:
+                    runs[who].append(_worker(commands[who], {**row, "who": who}))
+                    print(json.dumps(runs[who][-1]), flush=True)
+            for who, done in runs.items():
+                failed = [d for d in done if "error" in d]
+                if failed:
+                    rows.append(failed[0])
+                    continue
+                rows.append(
+                    {
+                        **row,
+                        "who": who,
+                        "median": float(np.median([d["median"] for d in done])),
+                        "min": min(d["min"] for d in done),
+                        "max": max(d["max"] for d in done),
+                        "rounds": len(done),
+                        "peak_rss_gb": max(d["peak_rss_gb"] for d in done),
+                    }
+                )
     return rows
 
 
@@ -495,7 +519,8 @@ def write_report(
         f"rounds; {args.image_size}x{args.image_size} inputs unless stated.",
         "",
         f"Machine limit: float32 matmul {peak['float32']:.1f} GFLOP/s, "
-        f"bfloat16 matmul {peak['bfloat16']:.1f} GFLOP/s ({args.matmul_size}x{args.matmul_size}).",
+        f"bfloat16 matmul {peak['bfloat16']:.1f} GFLOP/s ({args.matmul_size}x{args.matmul_size}, "
+        f"the fastest of {args.repeats} calls).",
     ]
     if shape(args) != {"width": 1.0}:
         depths = tuple(args.depths) if args.depths else "as published"
@@ -536,7 +561,12 @@ def write_report(
         ],
     )  # fmt: skip
     if train_pairs:
-        lines += ["", "Training step (each case in a fresh process):", ""]
+        lines += [
+            "",
+            f"Training step (each case in a fresh process, {args.train_rounds} rounds in alternating "
+            "order; median of the rounds' medians):",
+            "",
+        ]
         lines += reporting.table(
             ["model", "precision", "batch", "timm images/s", "ours images/s", "ours/timm",
              "peak RSS GB: timm, ours"],
@@ -684,7 +714,9 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["inception_resnet_v2", "inception_v4", "inception_v3", "inception_resnet_v1"],
     )
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 32])
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="*", default=[1, 16, 32], help="inference batches (none: none)"
+    )
     p.add_argument("--profile-models", nargs="*", default=["inception_v4", "inception_resnet_v2"])
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     p.add_argument("--xla", type=lambda s: s == "on", nargs="+", default=[False, True], metavar="off|on")
@@ -701,6 +733,9 @@ def parser() -> argparse.ArgumentParser:
         help="the Python that runs the timm peer (one with torch, torchvision and timm; default: this one)",
     )
     p.add_argument("--train-batch-sizes", type=int, nargs="*", default=[32], help="training step batches")
+    p.add_argument(
+        "--train-rounds", type=int, default=2, help="fresh processes per training case, in alternating order"
+    )
     p.add_argument(
         "--train-precisions",
         nargs="*",
