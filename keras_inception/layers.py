@@ -178,10 +178,11 @@ class BatchNorm(layers.BatchNormalization):
     Keras 3 normalises a batch in separate float32 ops (cast, moments, normalise), so under
     ``mixed_bfloat16`` every activation is kept twice for the backward pass, once in float32.
     ``FusedBatchNormV3`` takes the bfloat16 activations as they are (statistics in float32)
-    and has its own gradient: about 1.8x the training images/s of Inception-ResNet-v2 and
-    less memory on this CPU (docs/benchmarks.md). The moving statistics are updated as
-    Keras's are (the batch's biased variance). Inference, other backends, masks, renorm and
-    synchronised statistics take Keras's own path; the variables and config are Keras's.
+    and has its own gradient: Inception-ResNet-v2's bfloat16 step at batch 32 went from 3.1
+    to 5.5 images/s and its peak RSS from 7.7 to 6.7 GB on a 2-core Xeon. The moving
+    statistics are updated as Keras's are (the batch's biased variance). Inference, other
+    backends, masks, renorm and synchronised statistics take Keras's own path; the
+    variables and config are Keras's.
     """
 
     def call(self, inputs, training=None, mask=None):
