@@ -64,6 +64,22 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert "## Where the time goes" in text
 
 
+def test_benchmark_training_alone_in_rounds(tmp_path):
+    """--batch-sizes with no value: no inference rows or sections; a training case in 2 rounds."""
+    out = tmp_path / "train.md"
+    options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes --repeats 1"
+    options += " --matmul-size 128 --peers --train-batch-sizes 2 --train-precisions float32 --train-rounds 2"
+    options += " --sizes --scaling-models --profile-models"
+    assert cli.main(["benchmark", *options.split(), "--output", str(out)]) == 0
+    text = out.read_text()
+    results = json.loads((tmp_path / "train.json").read_text())
+    assert results["inference"] == [] and "## Inference" not in text and "ours/peer above 1" not in text
+    (row,) = results["training"]
+    assert (row["who"], row["precision"], row["rounds"]) == ("ours", "float32", 2)
+    assert row["min"] <= row["median"] <= row["max"] and row["peak_rss_gb"] > 0
+    assert "| inception_v3 | ours | float32 | 2 |" in text
+
+
 def _record(experiment: str, model: str, seed: int, top1: list[float], **extra) -> dict:
     """A run record as tools/reproduce.py writes it (every field the report reads)."""
     steps = [10 * (i + 1) for i in range(len(top1))]

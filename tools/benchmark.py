@@ -538,28 +538,28 @@ def write_report(
         and "error" not in o
         and (o["model"], o["precision"], o["batch"]) == (r["model"], r["precision"], r["batch"])
     ]
-    lines += [
-        "",
-        "## Ours against peers (same run)",
-        "",
-        "ours/peer above 1 means ours is faster. Ours is our Keras model at the peer's precision "
-        "(int8: our lowest precision measured); keras.applications and timm have their own random "
-        "weights, OpenVINO runs our exported model. Share: of the matmul peak of the precision "
-        "(bfloat16's for int8).",
-        "",
-    ]
-    lines += reporting.table(
-        ["model", "batch", "peer", "peer images/s (best)", "ours", "ours images/s (best)", "ours/peer",
-         "ours/peer (best)", "share of peak: peer, ours"],
-        [
+    lines += ["", "## Ours against peers (same run)"]
+    if pairs:
+        lines += [
+            "",
+            "ours/peer above 1 means ours is faster. Ours is our Keras model at the peer's precision "
+            "(int8: our lowest precision measured); keras.applications and timm have their own random "
+            "weights, OpenVINO runs our exported model. Share: of the matmul peak of the precision "
+            "(bfloat16's for int8).",
+            "",
+        ]
+        lines += reporting.table(
+            ["model", "batch", "peer", "peer images/s (best)", "ours", "ours images/s (best)", "ours/peer",
+             "ours/peer (best)", "share of peak: peer, ours"],
             [
-                r["model"], r["batch"], r["path"], f"{r['median']:.2f} ({r['max']:.2f})", o["path"],
-                f"{o['median']:.2f} ({o['max']:.2f})", f"{o['median'] / r['median']:.2f}x",
-                f"{o['max'] / r['max']:.2f}x", f"{share(r, peak)}, {share(o, peak)}",
-            ]
-            for r, o in pairs
-        ],
-    )  # fmt: skip
+                [
+                    r["model"], r["batch"], r["path"], f"{r['median']:.2f} ({r['max']:.2f})", o["path"],
+                    f"{o['median']:.2f} ({o['max']:.2f})", f"{o['median'] / r['median']:.2f}x",
+                    f"{o['max'] / r['max']:.2f}x", f"{share(r, peak)}, {share(o, peak)}",
+                ]
+                for r, o in pairs
+            ],
+        )  # fmt: skip
     if train_pairs:
         lines += [
             "",
@@ -577,11 +577,9 @@ def write_report(
             ],
         )  # fmt: skip
     lines += ["", "Skipped: " + ("; ".join(skipped) if skipped else "none") + "."]
-    lines += [
-        "",
-        "## Inference",
-        "",
-        *reporting.table(
+    if inference:
+        lines += ["", "## Inference", ""]
+        lines += reporting.table(
             [
                 "model",
                 "path",
@@ -592,12 +590,18 @@ def write_report(
                 "logits cosine vs fp32",
             ],
             [
-                [r["model"], r["path"], r["batch"], f(r), f"{r['gflops']:.1f}", share(r, peak)]
-                + [f"{r['cosine']:.6f}"]
+                [
+                    r["model"],
+                    r["path"],
+                    r["batch"],
+                    f(r),
+                    f"{r['gflops']:.1f}",
+                    share(r, peak),
+                    f"{r['cosine']:.6f}",
+                ]
                 for r in inference
             ],
-        ),
-    ]
+        )
     bf16 = [(r, find(inference, r["model"], "Keras float32", r["batch"])) for r in inference]
     bf16 = [(r, base) for r, base in bf16 if base and r["path"] == "Keras mixed_bfloat16"]
     if bf16:
