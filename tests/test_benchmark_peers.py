@@ -7,8 +7,11 @@ timm, as the README's benchmark section makes), else in this Python, where it is
 
 import json
 import os
+import runpy
 import subprocess
 import sys
+
+import pytest
 
 from keras_inception import cli
 
@@ -57,3 +60,16 @@ def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
         assert "| inception_v3 | bfloat16 | 2 | " in text  # the training ratios
     else:
         assert f"timm: not installed in {TORCH_PYTHON}" in skipped
+
+
+def test_bad_peer_options_are_refused_or_named(tmp_path):
+    benchmark = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tools", "benchmark.py"))
+    with pytest.raises(SystemExit) as exit_:
+        benchmark["main"](["--train-rounds", "0"])
+    assert exit_.value.code == 2
+    missing = str(tmp_path / "no-python")  # a --torch-python that is not there: a reason, not a crash
+    assert benchmark["timm_unavailable"](missing).startswith("FileNotFoundError")
+    skipped = []
+    args = benchmark["parser"]().parse_args(["--torch-python", missing])
+    assert not benchmark["timm_ready"](args, "inception_v3", skipped)
+    assert skipped[0].startswith(f"timm: not installed in {missing} (FileNotFoundError")

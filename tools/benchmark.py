@@ -292,7 +292,10 @@ def openvino_cases(args, model, reference, probe, tmp, skipped: list[str]) -> li
 @functools.cache
 def timm_unavailable(python: str) -> str | None:
     """Why timm cannot run in ``python`` (tools/torch_peers.py check), or None."""
-    out = subprocess.run([python, TORCH_PEERS, "check"], capture_output=True, text=True)
+    try:
+        out = subprocess.run([python, TORCH_PEERS, "check"], capture_output=True, text=True)
+    except OSError as error:  # no such Python
+        return f"{type(error).__name__}: {error}"
     if out.returncode != 0:
         return (out.stderr.strip().splitlines() or [f"{python} exited {out.returncode}"])[-1][:150]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -768,7 +771,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.train_rounds < 1:
+        p.error(f"--train-rounds must be at least 1, got {args.train_rounds}")
     if args.train_worker:
         name, batch, policy = args.train_worker
         print(
