@@ -198,29 +198,31 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         if "openvino" in args.peers:
             cases += openvino_cases(args, fp32, reference, probe, tmp, skipped)
         open_peers: list[TorchPeer] = []
-        if "timm" in args.peers:
-            cases += timm_cases(args, name, skipped, published, open_peers)
         rows = []
-        for batch in args.batch_sizes:
-            eligible = [c for c in cases if not c.batches or batch in c.batches]
-            for case, rate in interleaved(eligible, batch, args.repeats, skipped, name):
-                g = case.gflop or gflop
-                rows.append(
-                    {
-                        "model": name,
-                        "path": case.path,
-                        "precision": case.precision,
-                        "peer": case.peer,
-                        "batch": batch,
-                        **rate,
-                        "gflops": g * rate["median"],
-                        "best_gflops": g * rate["max"],
-                        "cosine": case.cosine,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
-        for peer in open_peers:
-            peer.close()
+        try:  # the timm processes end with the rows, whatever happens
+            if "timm" in args.peers:
+                cases += timm_cases(args, name, skipped, published, open_peers)
+            for batch in args.batch_sizes:
+                eligible = [c for c in cases if not c.batches or batch in c.batches]
+                for case, rate in interleaved(eligible, batch, args.repeats, skipped, name):
+                    g = case.gflop or gflop
+                    rows.append(
+                        {
+                            "model": name,
+                            "path": case.path,
+                            "precision": case.precision,
+                            "peer": case.peer,
+                            "batch": batch,
+                            **rate,
+                            "gflops": g * rate["median"],
+                            "best_gflops": g * rate["max"],
+                            "cosine": case.cosine,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+        finally:
+            for peer in open_peers:
+                peer.close()
     return rows
 
 
@@ -343,7 +345,11 @@ def timm_cases(
     cases = []
     for precision in dict.fromkeys(map(policy_precision, args.precisions)):
         path = f"timm {precision}" + (" autocast" if precision == "bfloat16" else "") + " channels_last"
-        open_peers.append(TorchPeer(args.torch_python, name, precision, args.image_size))
+        try:
+            open_peers.append(TorchPeer(args.torch_python, name, precision, args.image_size))
+        except RuntimeError as error:  # timm imports but cannot build this network: named, not fatal
+            skipped.append(f"{path} ({name}): {error}")
+            continue
         cases.append(Case(path, precision, open_peers[-1].make, peer="timm", gflop=gflop()))
     return cases
 
@@ -722,7 +728,7 @@ def parser() -> argparse.ArgumentParser:
         default=["inception_resnet_v2", "inception_v4", "inception_v3", "inception_resnet_v1"],
     )
     p.add_argument(
-        "--batch-sizes", type=int, nargs="*", default=[1, 16, 32], help="inference batches (none: none)"
+        "--batch-sizes", type=int, nargs="*", default=[1, 16, 32], help="inference batches (no value: none)"
     )
     p.add_argument("--profile-models", nargs="*", default=["inception_v4", "inception_resnet_v2"])
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
