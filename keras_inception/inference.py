@@ -93,12 +93,11 @@ def _pairs(model: keras.Model, config: dict) -> tuple[dict[str, str], dict[str, 
     return norms, sums
 
 
-def has_batchnorm_to_fold(model: keras.Model) -> bool:
+def _foldable(model: keras.Model) -> bool:
     """Whether ``model`` (or a model nested in it) has a BatchNorm or a residual scale that folds."""
     graph = _graph(model)
     return graph is not None and (
-        any(_pairs(*graph))
-        or any(isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph[0].layers)
+        any(_pairs(*graph)) or any(isinstance(x, keras.Model) and _foldable(x) for x in graph[0].layers)
     )
 
 
@@ -140,9 +139,7 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
         return model
     graph, config = graph
     pairs, sums = _pairs(graph, config)
-    if not (pairs or sums) and not any(
-        isinstance(x, keras.Model) and has_batchnorm_to_fold(x) for x in graph.layers
-    ):
+    if not (pairs or sums) and not any(isinstance(x, keras.Model) and _foldable(x) for x in graph.layers):
         return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
     scales = {conv: graph.get_layer(name).scale for name, conv in sums.items()}
