@@ -181,7 +181,7 @@ class BatchNorm(layers.BatchNormalization):
     and has its own gradient: Inception-ResNet-v2's bfloat16 step at batch 32 went from 3.1
     to 5.5 images/s and its peak RSS from 7.7 to 6.7 GB on a 2-core Xeon. The moving
     statistics are updated as Keras's are (the batch's biased variance). Inference, other
-    backends, masks, renorm and synchronised statistics take Keras's own path; the
+    backends, float64, masks, renorm and synchronised statistics take Keras's own path; the
     variables and config are Keras's.
     """
 
@@ -195,6 +195,7 @@ class BatchNorm(layers.BatchNormalization):
             and keras.backend.backend() == "tensorflow"
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
+            and self.compute_dtype in ("float16", "bfloat16", "float32")  # the kernel's types
         )
         if not fused:
             return super().call(inputs, training=training, mask=mask)

@@ -75,6 +75,10 @@ def test_inference_and_other_paths_are_keras_batchnormalization():
     keras_path = tf.function(lambda t: synced(t, training=True)).get_concrete_function(x).graph
     assert "FusedBatchNormV3" not in {op.type for op in keras_path.get_operations()}
     np.testing.assert_allclose(synced(x, training=True), reference(x, training=True), rtol=1e-4, atol=1e-5)
+    # float64, which the fused kernel does not take (slim's float64 parity test trains in it)
+    reference64, ours64 = layer_pair(False, "float64")
+    x64 = tf.constant(np.random.default_rng(3).normal(size=SHAPE), tf.float64)
+    np.testing.assert_allclose(ours64(x64, training=True), reference64(x64, training=True), rtol=1e-12)
 
 
 def test_networks_are_built_with_it_and_reload_as_it(tmp_path):
