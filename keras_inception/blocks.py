@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from keras import layers
 
-from keras_inception.layers import Builder, ScaleSum, avg_pool, concat, keras_name, max_pool
+from keras_inception.layers import Builder, Conv2D, ScaleSum, avg_pool, concat, keras_name, max_pool
 
 SPLIT = "split"  # a step of parallel 1x3 and 3x1 convolutions, concatenated
 Step = tuple  # (filters, kernel), (filters, kernel, strides) for a VALID conv, or (filters, SPLIT)
@@ -85,7 +85,7 @@ def residual(b: Builder, x, scope: str, towers: Sequence[Tower], scale: float, a
     """
     branches = _towers(b, x, scope, towers, {"Branch_0/Conv2d_0a_1x1": "Branch_0/Conv2d_1x1"})
     mixed_ = concat(branches, f"{scope}/concat")
-    up = layers.Conv2D(
+    up = Conv2D(
         x.shape[-1],
         1,
         use_bias=True,

@@ -108,7 +108,7 @@ class Builder:
         """``Conv2D`` (no bias) ``scope``, :class:`BatchNorm` (no gamma) ``scope/BatchNorm``,
         ReLU ``scope/Relu`` (slim scopes; Keras names by :func:`keras_name`)."""
         name = keras_name(scope)
-        x = layers.Conv2D(
+        x = Conv2D(
             self.depth(filters),
             kernel_size,
             strides=strides,
@@ -220,6 +220,41 @@ class BatchNorm(layers.BatchNormalization):
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum + ops.cast(batch, moving.dtype) * (1.0 - self.momentum))
         return y
+
+
+@keras.saving.register_keras_serializable(package="keras_inception")
+class Conv2D(layers.Conv2D):
+    """Keras's ``Conv2D``, whose 1x1 convolutions run as a matmul in a TensorFlow training step.
+
+    A 1x1 stride-1 convolution is a matmul over the ``(batch * height * width, channels)``
+    rows. The forward pass and the input gradient run as fast either way, but the kernel
+    gradient, ``x^T @ dy``, runs 1.2-2.7x faster through TensorFlow's matmul than through its
+    ``Conv2DBackpropFilter`` (oneDNN 3.7, bfloat16, Inception-ResNet-v2's shapes at batch 32).
+    Inference keeps the convolution, which grappler fuses with its bias and ReLU.
+    """
+
+    def call(self, inputs, training=None):
+        if not (training and self._pointwise() and keras.backend.backend() == "tensorflow"):
+            return super().call(inputs)
+        import tensorflow as tf
+
+        rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        kernel = tf.reshape(self.kernel, self.kernel.shape[2:])  # (a slice's gradient would copy)
+        outputs = tf.matmul(rows, ops.cast(kernel, rows.dtype))
+        outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], 0))
+        outputs.set_shape([*inputs.shape[:-1], self.filters])
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, ops.cast(self.bias, outputs.dtype))
+        return outputs if self.activation is None else self.activation(outputs)
+
+    def _pointwise(self) -> bool:
+        return (
+            tuple(self.kernel_size) == (1, 1)
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")
