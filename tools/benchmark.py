@@ -363,6 +363,7 @@ def train_worker(name: str, batch: int, size: int, repeats: int, policy: str, **
     )
     x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
     y = np.eye(1000, dtype=np.float32)[np.arange(batch) % 1000]
+    built = torch_peers()["rss_gb"]("VmRSS")
     rate = timed(lambda: model.train_on_batch(x, y), repeats, batch)
     return {
         "model": name,
@@ -370,7 +371,8 @@ def train_worker(name: str, batch: int, size: int, repeats: int, policy: str, **
         "precision": policy_precision(policy),
         "batch": batch,
         **rate,
-        "peak_rss_gb": torch_peers()["peak_rss_gb"](),  # VmHWM: not the parent's, as ru_maxrss would be
+        "built_rss_gb": built,  # the runtime and the model, before the first step
+        "peak_rss_gb": torch_peers()["rss_gb"](),  # VmHWM: not the parent's, as ru_maxrss would be
     }
 
 
@@ -415,6 +417,7 @@ def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
                         "min": min(d["min"] for d in done),
                         "max": max(d["max"] for d in done),
                         "rounds": len(done),
+                        "built_rss_gb": max(d["built_rss_gb"] for d in done),
                         "peak_rss_gb": max(d["peak_rss_gb"] for d in done),
                     }
                 )
@@ -578,10 +581,11 @@ def write_report(
         ]
         lines += reporting.table(
             ["model", "precision", "batch", "timm images/s", "ours images/s", "ours/timm",
-             "peak RSS GB: timm, ours"],
+             "peak RSS GB: timm, ours", "RSS GB after build: timm, ours"],
             [
                 [r["model"], r["precision"], r["batch"], f"{r['median']:.2f}", f"{o['median']:.2f}",
-                 f"{o['median'] / r['median']:.2f}x", f"{r['peak_rss_gb']:.2f}, {o['peak_rss_gb']:.2f}"]
+                 f"{o['median'] / r['median']:.2f}x", f"{r['peak_rss_gb']:.2f}, {o['peak_rss_gb']:.2f}",
+                 f"{r['built_rss_gb']:.2f}, {o['built_rss_gb']:.2f}"]
                 for r, o in train_pairs
             ],
         )  # fmt: skip
@@ -642,11 +646,19 @@ def write_report(
             "",
         ]
         lines += reporting.table(
-            ["model", "who", "precision", "batch", "images/s", "peak RSS (GB)"],
+            ["model", "who", "precision", "batch", "images/s", "peak RSS (GB)", "RSS after build (GB)"],
             [
-                [r["model"], r["who"], r["precision"], r["batch"], f(r), f"{r['peak_rss_gb']:.2f}"]
+                [
+                    r["model"],
+                    r["who"],
+                    r["precision"],
+                    r["batch"],
+                    f(r),
+                    f"{r['peak_rss_gb']:.2f}",
+                    f"{r['built_rss_gb']:.2f}",
+                ]
                 if "error" not in r
-                else [r["model"], r["who"], r["precision"], r["batch"], f"failed: {r['error']}", "-"]
+                else [r["model"], r["who"], r["precision"], r["batch"], f"failed: {r['error']}", "-", "-"]
                 for r in training
             ],
         )

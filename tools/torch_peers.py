@@ -45,13 +45,14 @@ def timed(fn: Callable[[], object], repeats: int, images: int) -> dict:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def peak_rss_gb() -> float:
-    """This process's peak RSS: VmHWM, which starts afresh at exec (ru_maxrss keeps the parent's)."""
+def rss_gb(field: str = "VmHWM") -> float:
+    """This process's resident memory: ``VmHWM``, its peak, which starts afresh at exec
+    (ru_maxrss keeps the parent's), or ``VmRSS``, what it holds now."""
     try:
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1e6
+            return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1e6
     except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6 if field == "VmHWM" else float("nan")
 
 
 def create(name: str):
@@ -93,6 +94,7 @@ def train_worker(name: str, batch: int, precision: str, repeats: int, size: int)
     model = create(name).train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=0.045, alpha=0.9, momentum=0.9, eps=1.0)
     x, y = _images(batch, size), torch.arange(batch) % 1000
+    built = rss_gb("VmRSS")
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -108,7 +110,8 @@ def train_worker(name: str, batch: int, precision: str, repeats: int, size: int)
         "precision": precision,
         "batch": batch,
         **timed(step, repeats, batch),
-        "peak_rss_gb": peak_rss_gb(),
+        "built_rss_gb": built,
+        "peak_rss_gb": rss_gb(),
     }
 
 
