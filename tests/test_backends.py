@@ -21,11 +21,18 @@ import keras_inception as ki
 from keras_inception import pretrained, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = [
-    pytest.param(
-        name, marks=pytest.mark.skipif(not importlib.util.find_spec(name), reason=f"{name} not installed")
-    )
-    for name in ("jax", "torch")
+
+
+def needs(name: str):
+    return pytest.mark.skipif(not importlib.util.find_spec(name), reason=f"{name} not installed")
+
+
+BACKENDS = [pytest.param(name, marks=needs(name)) for name in ("jax", "torch")]
+# JAX compiles every op on a CPU: the default run checks one family's contract on it, -m slow the rest
+CONTRACT_RUNS = [
+    pytest.param("jax", "inception_v3", marks=needs("jax"), id="jax-inception_v3"),
+    pytest.param("jax", "not inception_v3", marks=[needs("jax"), pytest.mark.slow], id="jax-others"),
+    pytest.param("torch", None, marks=needs("torch"), id="torch"),
 ]
 ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 
@@ -50,12 +57,11 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_contract_on_backend(backend):
+@pytest.mark.parametrize("backend,families", CONTRACT_RUNS)
+def test_contract_on_backend(backend, families):
     test = os.path.join(ROOT, "tests", "test_contract.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
-    if backend == "jax":  # JAX compiles every op on a CPU: one plain and one residual family keep CI short
-        cmd += ["-k", "inception_v3 or inception_resnet_v2"]
+    cmd += ["-k", families] if families else []
     done = subprocess.run(cmd, env=backend_env(backend), capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
