@@ -64,6 +64,7 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert "## Where the time goes" in text
 
 
+@pytest.mark.slow  # two training processes (about 50 s on 2 cores); the tiny run above trains once
 def test_benchmark_training_alone_in_rounds(tmp_path):
     """--batch-sizes with no value: no inference rows or sections; a training case in 2 rounds."""
     out = tmp_path / "train.md"
