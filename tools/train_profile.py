@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # TensorFlow counts its tensors only with it
 
 RSS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peers.py"))["rss_gb"]
-memory = {"import": 0.0}
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,7 +41,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 from keras_inception import files, reporting  # noqa: E402
 from keras_inception.models import MODELS  # noqa: E402
 
-memory["import"] = RSS("VmRSS")
+IMPORTED_RSS = RSS("VmRSS")  # after TensorFlow, Keras and the package are imported
 KERNEL = re.compile(r"_(\d+x\d+)")
 
 
@@ -67,7 +66,7 @@ def op_times(logdir: str, model_name: str) -> list[dict]:
                     continue  # the step's function call, around all its ops
                 if "gradient_tape/" in name:
                     phase = "backward"
-                elif name.startswith(f"{model_name}"):
+                elif name.startswith(model_name):
                     phase = "forward"
                 else:
                     phase = "rest"
@@ -90,7 +89,7 @@ def profile(args) -> dict:
         keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0), "categorical_crossentropy"
     )
     model.optimizer.build(model.trainable_variables)
-    memory["built"] = RSS("VmRSS")
+    memory = {"import": IMPORTED_RSS, "built": RSS("VmRSS")}
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
     y = np.eye(1000, dtype=np.float32)[np.arange(args.batch) % 1000]
