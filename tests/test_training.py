@@ -149,6 +149,37 @@ def test_tfds_through_mock_data():
     assert x.shape == (4, 75, 75, 3) and y.shape == (4, 10)
 
 
+def test_slim_rmsprop_is_tf1s_rmsprop_kernel_for_kernel():
+    """Three steps of SlimRMSprop against TF1's own ``RMSPropOptimizer`` in a ``tf.compat.v1``
+    graph (what slim trains with): equal to the last bit, one fused op per variable."""
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 3, 4, 8)).astype("float32"), rng.normal(size=(8,)).astype("float32")]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(3)]
+    graph = tf.Graph()
+    with graph.as_default():
+        v1 = tf.compat.v1
+        weights = [v1.Variable(w, use_resource=True) for w in start]
+        feeds = [v1.placeholder(tf.float32, w.shape) for w in start]
+        step = v1.train.RMSPropOptimizer(0.045, decay=0.9, momentum=0.9, epsilon=1.0).apply_gradients(
+            zip(feeds, weights, strict=True)
+        )
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            for g in grads:
+                session.run(step, dict(zip(feeds, g, strict=True)))
+            expected = session.run(weights)
+    ours = [keras.Variable(w) for w in start]
+    optimizer = training.SlimRMSprop(0.045)
+    optimizer.build(ours)
+    apply = tf.function(lambda gs: optimizer.apply(gs, ours))
+    for g in grads:
+        apply([tf.constant(x) for x in g])
+    for got, want in zip(ours, expected, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    traced = apply.get_concrete_function([tf.TensorSpec(w.shape) for w in start]).graph
+    assert [op.type for op in traced.get_operations()].count("ResourceApplyRMSProp") == len(start)
+
+
 def test_recipe_optimizer_and_schedule():
     recipe = training.Recipe.slim(warmup_epochs=1.0)
     opt = training.make_optimizer(recipe, steps_per_epoch=100)
