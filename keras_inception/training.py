@@ -66,6 +66,12 @@ class Recipe:
         """slim's recipe (module docstring), with ``changes``."""
         return cls(**changes)
 
+    @classmethod
+    def plain(cls) -> Recipe:
+        """slim's optimizer and cross-entropy alone (no weight decay, label smoothing or
+        parameter averages): the training step the benchmarks time against timm's."""
+        return cls(weight_decay=0.0, label_smoothing=0.0, ema_decay=None)
+
     def __post_init__(self):
         if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
             raise ValueError(

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from keras_inception import files, reporting  # noqa: E402
+from keras_inception import files, reporting, training  # noqa: E402
 from keras_inception.models import MODELS  # noqa: E402
 
 IMPORTED_RSS = RSS("VmRSS")  # after TensorFlow, Keras and the package are imported
@@ -85,10 +85,7 @@ def profile(args) -> dict:
     keras.config.set_dtype_policy(args.precision)
     shape = {"width": args.width, **({"depths": tuple(args.depths)} if args.depths else {})}
     model = MODELS[args.model](weights=None, input_shape=(args.image_size,) * 2 + (3,), **shape)
-    model.compile(
-        keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0), "categorical_crossentropy"
-    )
-    model.optimizer.build(model.trainable_variables)
+    training.compile_model(model, training.Recipe.plain(), steps_per_epoch=1, top_k_metrics=False)
     memory = {"import": IMPORTED_RSS, "built": RSS("VmRSS")}
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
