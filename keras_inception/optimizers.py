@@ -103,7 +103,7 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     def _apply_kernel(self, gradient, variable, ms, mom, learning_rate) -> None:
         """The step as TF1's ``RMSPropOptimizer`` runs it: one ``ResourceApplyRMSProp`` per
         variable. Keras's ops take about twenty per variable, each with a temporary as large
-        as the variable: Inception-ResNet-v2's traced step shrinks from 25.8k to 17.2k ops and
+        as the variable: Inception-ResNet-v2's traced step shrinks from 25.5k to 17.2k ops and
         its peak RSS at batch 32 by about 0.6 GB. (Under ``tf.distribute`` the handles are
         the replica's own copies: Keras calls this inside ``strategy.extended.update``.)"""
 
