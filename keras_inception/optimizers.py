@@ -41,6 +41,9 @@ class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+KERNEL_DTYPES = ("float16", "float32", "float64")  # ResourceApplyRMSProp's on every device
+
+
 @keras.saving.register_keras_serializable(package="keras_inception")
 class SlimRMSprop(keras.optimizers.Optimizer):
     """TF1's ``RMSPropOptimizer`` with slim's parameter moving average.
@@ -51,7 +54,8 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     ``avg -= (1 - d) * (avg - w)`` with ``d = min(ema_decay, (1 + t) / (10 + t))``,
     ``t`` the steps taken so far (TF1's ``ExponentialMovingAverage(num_updates=)``).
     The averages are optimizer variables: checkpoints and resumes keep them. On
-    TensorFlow the step is TF1's own kernel (:meth:`_apply_kernel`).
+    TensorFlow, dense float16/32/64 steps run TF1's own kernel (:meth:`_apply_kernel`);
+    the rest run the same formula in Keras ops (:meth:`_apply_ops`).
     """
 
     def __init__(
@@ -91,9 +95,18 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         ms, mom = self._mean_squares[index], self._moments[index]
-        if keras.backend.backend() == "tensorflow" and not isinstance(gradient, tf.IndexedSlices):
+        if (
+            keras.backend.backend() == "tensorflow"
+            and not isinstance(gradient, tf.IndexedSlices)
+            and keras.backend.standardize_dtype(variable.dtype) in KERNEL_DTYPES
+        ):
             self._apply_kernel(gradient, variable, ms, mom, learning_rate)
-            return
+        else:
+            self._apply_ops(gradient, variable, ms, mom, learning_rate)
+
+    def _apply_ops(self, gradient, variable, ms, mom, learning_rate) -> None:
+        """The step in Keras ops: any backend, sparse gradients (every row updated) and
+        variable dtypes the kernel lacks on some device (bfloat16 on a GPU)."""
         lr = keras.ops.cast(learning_rate, variable.dtype)
         gradient = keras.ops.cast(gradient, variable.dtype)
         self.assign(ms, self.rho * ms + (1.0 - self.rho) * keras.ops.square(gradient))
@@ -102,10 +115,9 @@ class SlimRMSprop(keras.optimizers.Optimizer):
 
     def _apply_kernel(self, gradient, variable, ms, mom, learning_rate) -> None:
         """The step as TF1's ``RMSPropOptimizer`` runs it: one ``ResourceApplyRMSProp`` per
-        variable. Keras's ops take about twenty per variable, each with a temporary as large
-        as the variable: Inception-ResNet-v2's traced step shrinks from 25.5k to 17.2k ops and
-        its peak RSS at batch 32 by about 0.6 GB. (Under ``tf.distribute`` the handles are
-        the replica's own copies: Keras calls this inside ``strategy.extended.update``.)"""
+        variable, where Keras's ops take about twenty, each with a temporary as large as the
+        variable (the README has the measured effect). Under ``tf.distribute`` the handles
+        are the replica's own copies: Keras calls this inside ``strategy.extended.update``."""
 
         def cast(value):
             return tf.cast(value, variable.dtype)

@@ -149,12 +149,38 @@ def test_tfds_through_mock_data():
     assert x.shape == (4, 75, 75, 3) and y.shape == (4, 10)
 
 
-def test_slim_rmsprop_is_tf1s_rmsprop_kernel_for_kernel():
-    """Three steps of SlimRMSprop against TF1's own ``RMSPropOptimizer`` in a ``tf.compat.v1``
-    graph (what slim trains with): equal to the last bit, one fused op per variable."""
+def _rmsprop_case():
     rng = np.random.default_rng(0)
     start = [rng.normal(size=(3, 3, 4, 8)).astype("float32"), rng.normal(size=(8,)).astype("float32")]
-    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(3)]
+    return start, [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(3)]
+
+
+def _slim_rmsprop_steps(start, grads, path=None) -> tuple[list[np.ndarray], tf.Graph]:
+    """SlimRMSprop's weights after ``grads`` (``path`` forces ``"_apply_ops"`` or
+    ``"_apply_kernel"``), and the traced step's graph."""
+    ours = [keras.Variable(w) for w in start]
+    optimizer = training.SlimRMSprop(0.045)
+    optimizer.build(ours)
+    if path:
+        forced = getattr(optimizer, path)
+
+        def update_step(gradient, variable, learning_rate):
+            i = optimizer._get_variable_index(variable)
+            forced(gradient, variable, optimizer._mean_squares[i], optimizer._moments[i], learning_rate)
+
+        optimizer.update_step = update_step
+    apply = tf.function(lambda *gs: optimizer.apply(list(gs), ours))
+    for g in grads:
+        apply(*map(tf.constant, g))
+    graph = apply.get_concrete_function(*[tf.TensorSpec(w.shape) for w in start]).graph
+    return [w.numpy() for w in ours], graph
+
+
+def test_slim_rmsprop_is_tf1s_rmsprop_kernel_for_kernel():
+    """Three steps of SlimRMSprop against TF1's own ``RMSPropOptimizer`` in a ``tf.compat.v1``
+    graph (what slim trains with): equal to the last bit, one fused op per variable. (Under
+    tf.distribute: the multi-worker tests, -m slow.)"""
+    start, grads = _rmsprop_case()
     graph = tf.Graph()
     with graph.as_default():
         v1 = tf.compat.v1
@@ -168,16 +194,20 @@ def test_slim_rmsprop_is_tf1s_rmsprop_kernel_for_kernel():
             for g in grads:
                 session.run(step, dict(zip(feeds, g, strict=True)))
             expected = session.run(weights)
-    ours = [keras.Variable(w) for w in start]
-    optimizer = training.SlimRMSprop(0.045)
-    optimizer.build(ours)
-    apply = tf.function(lambda gs: optimizer.apply(gs, ours))
-    for g in grads:
-        apply([tf.constant(x) for x in g])
+    ours, traced = _slim_rmsprop_steps(start, grads)
     for got, want in zip(ours, expected, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want)
-    traced = apply.get_concrete_function([tf.TensorSpec(w.shape) for w in start]).graph
+        np.testing.assert_array_equal(got, want)
     assert [op.type for op in traced.get_operations()].count("ResourceApplyRMSProp") == len(start)
+
+
+def test_slim_rmsprop_keras_ops_equal_the_kernel():
+    """The Keras-op path (JAX, PyTorch, sparse gradients) computes what the kernel does."""
+    start, grads = _rmsprop_case()
+    by_ops, _ = _slim_rmsprop_steps(start, grads, path="_apply_ops")
+    by_kernel, _ = _slim_rmsprop_steps(start, grads, path="_apply_kernel")
+    for a, b, w in zip(by_ops, by_kernel, start, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        assert np.abs(a - w).max() > 0.01  # it trained
 
 
 def test_recipe_optimizer_and_schedule():
