@@ -12,6 +12,7 @@ scope (``/`` written ``-``, which Keras allows; see :func:`keras_name`), and
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 
@@ -170,6 +171,19 @@ def concat(branches: list, scope: str):
     return layers.Concatenate(axis=-1, name=keras_name(scope))(branches)
 
 
+_RECOMPUTING = contextvars.ContextVar("keras_inception_recomputing", default=False)
+
+
+@contextlib.contextmanager
+def recomputation():
+    """Layers called inside it are recomputed for a backward pass: BatchNorm keeps its statistics."""
+    token = _RECOMPUTING.set(True)
+    try:
+        yield
+    finally:
+        _RECOMPUTING.reset(token)
+
+
 @keras.saving.register_keras_serializable(package="keras_inception")
 class BatchNorm(layers.BatchNormalization):
     """Keras's ``BatchNormalization``, whose training step runs TensorFlow's fused kernel, as
@@ -186,18 +200,7 @@ class BatchNorm(layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        fused = (
-            training
-            and self.trainable
-            and mask is None
-            and not self.renorm
-            and not self.synchronized
-            and keras.backend.backend() == "tensorflow"
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
-            and self.compute_dtype in ("float16", "bfloat16", "float32")  # the kernel's types
-        )
-        if not fused:
+        if not (training and mask is None and len(inputs.shape) == 4 and self.fused_training()):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
@@ -215,11 +218,24 @@ class BatchNorm(layers.BatchNormalization):
             data_format="NHWC",
             is_training=True,
         )
+        if _RECOMPUTING.get():  # the backward pass runs this batch again: its statistics are in
+            return y
         n = ops.cast(ops.size(inputs) // channels, "float32")
         variance = variance * (n - 1.0) / n  # the kernel returns the unbiased variance
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum + ops.cast(batch, moving.dtype) * (1.0 - self.momentum))
         return y
+
+    def fused_training(self) -> bool:
+        """Whether a training call (4-D, no mask) runs the fused kernel."""
+        return (
+            self.trainable
+            and not self.renorm
+            and not self.synchronized
+            and keras.backend.backend() == "tensorflow"
+            and self.axis in (-1, 3)
+            and self.compute_dtype in ("float16", "bfloat16", "float32")  # the kernel's types
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -30,6 +30,7 @@ from keras_inception import registry, runs
 from keras_inception.layers import output_layers
 from keras_inception.models.base import all_layers
 from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay
+from keras_inception.remat import rematerialize
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -159,8 +160,14 @@ def compile_model(
     jit_compile: bool = False,
     l2_biases: bool = False,
     top_k_metrics: bool = True,
+    remat: Sequence[str] | None = None,
 ) -> keras.Model:
-    """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics."""
+    """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics.
+
+    ``remat``: the end points up to which a training step recomputes its activations in
+    the backward pass (:func:`keras_inception.remat.rematerialize`; ``None``: the stem's,
+    where it can; ``()``: none).
+    """
     if recipe.weight_decay and recipe.weight_decay_mode == "l2":
         add_l2_loss(model, recipe.weight_decay, l2_biases)
     losses, weights = loss_spec(model, recipe)
@@ -174,7 +181,7 @@ def compile_model(
         metrics=metrics(len(model.outputs), model.outputs[0].shape[-1]) if top_k_metrics else None,
         jit_compile=jit_compile,
     )
-    return model
+    return rematerialize(model, remat)
 
 
 def get_strategy(name: str = "one-device", tpu: str | None = None) -> tf.distribute.Strategy:

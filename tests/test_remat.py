@@ -1,0 +1,123 @@
+"""Rematerialisation: the stem recomputed in the backward pass, the step unchanged."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_inception as ki
+from keras_inception import remat, training
+
+X = np.random.default_rng(0).uniform(-1, 1, (4, 107, 107, 3)).astype(np.float32)
+Y = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
+
+
+def small(builder=ki.InceptionV3, seed=0, **kwargs) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return builder(weights=None, input_shape=X.shape[1:], classes=10, width=0.25, **kwargs)
+
+
+def traced_step(model: keras.Model) -> tuple[tf.Graph, tf.types.experimental.ConcreteFunction]:
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.categorical_crossentropy(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    concrete = step.get_concrete_function(tf.constant(X), tf.constant(Y))
+    return concrete.graph, concrete
+
+
+def kept_for_backward(graph: tf.Graph) -> dict[str, str]:
+    """Forward tensors the backward pass reads: name -> the producing op's type.
+
+    The forward pass is every op made before the first gradient op (a recomputed
+    segment's ops are made while the gradient is built, after it)."""
+    ops = graph.get_operations()
+    first_gradient = next(i for i, op in enumerate(ops) if "gradient_tape" in op.name)
+    kept = {}
+    for op in ops[:first_gradient]:
+        for tensor in op.outputs:
+            if any("gradient_tape" in consumer.name for consumer in tensor.consumers()):
+                kept[tensor.name] = op.type
+    return kept
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs", [(ki.InceptionV3, {}), (ki.InceptionV4, {"depths": (1, 1, 1)})], ids=["v3", "v4"]
+)
+def test_a_rematerialized_training_step_equals_the_plain_one(builder, kwargs):
+    """compile_model's default recomputes the stem; one train_on_batch gives the same weights,
+    moving statistics and optimizer slots as without it."""
+    results = []
+    for end_points in ((), None):
+        model = small(builder, **kwargs)
+        training.compile_model(model, training.Recipe.plain(), steps_per_epoch=1, remat=end_points)
+        assert ("call" in vars(model)) == (end_points is None)
+        loss = model.train_on_batch(X, Y)
+        results.append((loss, [v.numpy() for v in model.weights + model.optimizer.variables]))
+    (loss, plain), (loss_remat, rematerialized) = results
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
+    assert len(plain) == len(rematerialized)
+    for a, b in zip(plain, rematerialized, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_the_stem_is_recomputed_and_not_kept():
+    plain = small()
+    graph, _ = traced_step(plain)
+    model = remat.rematerialize(small(), ["MaxPool_3a_3x3", "MaxPool_5a_3x3"])
+    graph_remat, _ = traced_step(model)
+
+    def count(g, op_type):
+        return sum(op.type == op_type for op in g.get_operations())
+
+    # the stem's 5 BatchNorms run again in the backward pass, their statistics updated once
+    assert count(graph_remat, "FusedBatchNormV3") == count(graph, "FusedBatchNormV3") + 5
+    assert count(graph_remat, "AssignVariableOp") == count(graph, "AssignVariableOp")
+
+    def stem_relus(kept):
+        return [name for name, kind in kept.items() if kind == "Relu" and "Conv2d_2b_3x3" in name]
+
+    assert stem_relus(kept_for_backward(graph)), "the plain step keeps Conv2d_2b_3x3's ReLU"
+    assert not stem_relus(kept_for_backward(graph_remat))
+
+    def kept_bytes(g):
+        kept = kept_for_backward(g)
+        tensors = [t for op in g.get_operations() for t in op.outputs if t.name in kept]
+        return sum(np.prod(t.shape.as_list()) * t.dtype.size for t in tensors if t.shape.is_fully_defined())
+
+    assert kept_bytes(graph_remat) < 0.8 * kept_bytes(graph)
+
+
+def test_the_model_itself_is_unchanged(tmp_path):
+    model = small()
+    before = model.predict(X, verbose=0)
+    config = model.get_config()
+    remat.rematerialize(model)
+    assert "call" in vars(model)
+    np.testing.assert_array_equal(model.predict(X, verbose=0), before)
+    assert model.get_config() == config
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert "call" not in vars(reloaded)
+    np.testing.assert_allclose(reloaded.predict(X, verbose=0), before, rtol=1e-6)
+    remat.rematerialize(model, ())
+    assert "call" not in vars(model)
+
+
+def test_bad_end_points_and_batchnorms_that_cannot_be_recomputed():
+    model = small()
+    with pytest.raises(ValueError, match="no layer 'Mixed_9z'"):
+        remat.rematerialize(model, ["Mixed_9z"])
+    with pytest.raises(ValueError, match="cannot rematerialize up to Mixed_5b-Branch_1"):
+        remat.rematerialize(model, ["Mixed_5b-Branch_1-Conv2d_0a_1x1"])  # a branch, not the trunk
+
+    keras.config.set_dtype_policy("float64")  # Keras's own BatchNorm path would update twice
+    explicit = remat.rematerialize(small(), ["MaxPool_3a_3x3"])
+    with pytest.raises(ValueError, match="moving statistics again"):
+        explicit(X, training=True)
+    default = remat.rematerialize(small())  # falls back to the whole model
+    _, concrete = traced_step(default)
+    assert not any(op.type == "FusedBatchNormV3" for op in concrete.graph.get_operations())
