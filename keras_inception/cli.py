@@ -123,6 +123,7 @@ def cmd_train(args) -> int:
         width=args.width,
         depths=args.depths,
         seed=args.seed,
+        remat=not args.no_remat,
     )
     print(f"wrote {os.path.join(args.output, 'final.keras')}")
     return 0
@@ -315,6 +316,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch")
     t.add_argument("--mixed-precision", choices=("bfloat16", "float16"), help="mixed-precision policy")
     t.add_argument("--xla", action="store_true", help="jit_compile the training step")
+    t.add_argument(
+        "--no-remat",
+        action="store_true",
+        help="keep the stem's activations for the backward pass instead of recomputing them "
+        "(more memory, less compute)",
+    )
     t.add_argument("--aux-logits", action="store_true", help="train the aux head (loss weight 0.4)")
     t.add_argument("--learning-rate", type=float, default=0.045, help="initial learning rate")
     t.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs")

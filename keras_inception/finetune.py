@@ -14,7 +14,6 @@ import keras
 from keras_inception import data, runs
 from keras_inception.layers import SEPARATOR, ClassifierOutput, keras_name
 from keras_inception.models import get
-from keras_inception.remat import rematerialize
 
 MONITOR = "val_top1"
 
@@ -127,7 +126,6 @@ def finetune(
     model, base = transfer_model(
         model_name, train_src.class_names, weights, image_size, **(model_kwargs or {})
     )
-    rematerialize(base)  # the stem recomputed in the backward pass, once it trains
 
     def compile_(rate: float) -> None:
         metrics = [

@@ -227,6 +227,7 @@ def train(
     verbose: int | str = "auto",
     settings: dict | None = None,
     l2_biases: bool = False,
+    remat: Sequence[str] | None = None,
 ) -> keras.Model:
     """Train with the recipe under ``strategy`` (not multi-worker: see :func:`distributed_fit`).
 
@@ -234,7 +235,8 @@ def train(
     kill resumes at the epoch it stopped, optimizer and averages included; ``best.keras``
     is the best validation (or training) top-1 with the averaged weights;
     ``final.keras`` holds the averaged weights, and so does the returned model.
-    ``settings`` identify the run (default: the model's name and the recipe).
+    ``settings`` identify the run (default: the model's name and the recipe). ``remat``:
+    as :func:`compile_model`'s.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -242,7 +244,7 @@ def train(
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model()
-        compile_model(model, recipe, steps_per_epoch, jit_compile, l2_biases)
+        compile_model(model, recipe, steps_per_epoch, jit_compile, l2_biases, remat=remat)
     settings = settings or {"model": model.name, "recipe": dataclasses.asdict(recipe)}
     run = runs.Run(
         output_dir, {**settings, "steps_per_epoch": steps_per_epoch}, _monitor(model, bool(validation_data))
@@ -283,13 +285,15 @@ def train_network(
     width: float = 1.0,
     depths=None,
     seed: int = 0,
+    remat: bool = True,
 ) -> keras.Model:
     """Train ``model_name`` from scratch on ``source`` (a :class:`data.Source`) with ``recipe``.
 
     ``strategy`` is one of :data:`STRATEGIES`; ``multi-worker`` trains with
     :func:`distributed_fit` on each worker's shard of the data, every other strategy
     with :func:`train`. Writes ``final.keras`` into ``output_dir`` (and with ``train``
-    the resume state, ``best.keras`` and the history).
+    the resume state, ``best.keras`` and the history). ``remat``: recompute the stem in
+    the backward pass (:func:`compile_model`'s default), or keep all its activations.
     """
     from keras_inception import data
     from keras_inception.models import get
@@ -362,6 +366,7 @@ def train_network(
             xla,
             settings=settings,
             l2_biases=l2_biases,
+            remat=None if remat else (),
         )
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -382,6 +387,7 @@ def train_network(
         steps,
         checkpoint_dir=os.path.join(output_dir, "backup"),
         l2_biases=l2_biases,
+        remat=None if remat else (),
     )
     runs.swap_averages(model)
     runs.save_model(model, os.path.join(output_dir, "final.keras"))
@@ -399,6 +405,7 @@ def distributed_fit(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 10,
     l2_biases: bool = False,
+    remat: Sequence[str] | None = None,
 ) -> tuple[keras.Model, list[float]]:
     """The step of :func:`compile_model`'s loss and optimizer under ``strategy.run``.
 
@@ -408,11 +415,11 @@ def distributed_fit(
     one device's on the same global batch. With ``checkpoint_dir``, model and
     optimizer state (averages included) are saved every ``checkpoint_every`` steps
     (chief to ``checkpoint_dir``, other workers to throw-away folders) and training
-    resumes from the latest checkpoint.
+    resumes from the latest checkpoint. ``remat``: as :func:`compile_model`'s.
     """
     with strategy.scope():
         model = build_model()
-        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases)
+        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases, remat=remat)
         optimizer = model.optimizer
         losses, weights = loss_spec(model, recipe)
     manager = _checkpoint_manager(strategy, model, optimizer, checkpoint_dir)

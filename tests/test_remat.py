@@ -8,6 +8,8 @@ import tensorflow as tf
 import keras_inception as ki
 from keras_inception import remat, training
 
+recompute = remat.recompute
+
 X = np.random.default_rng(0).uniform(-1, 1, (4, 107, 107, 3)).astype(np.float32)
 Y = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
 
@@ -44,18 +46,28 @@ def kept_for_backward(graph: tf.Graph) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "builder, kwargs", [(ki.InceptionV3, {}), (ki.InceptionV4, {"depths": (1, 1, 1)})], ids=["v3", "v4"]
+    "builder, policy, kwargs",
+    [
+        (ki.InceptionV3, "float32", {}),
+        (ki.InceptionV4, "float32", {"depths": (1, 1, 1)}),
+        (ki.InceptionResNetV2, "mixed_bfloat16", {"depths": (1, 1, 1), "aux_logits": True}),
+    ],
+    ids=["v3", "v4", "irv2-bf16-aux"],
 )
-def test_a_rematerialized_training_step_equals_the_plain_one(builder, kwargs):
-    """compile_model's default recomputes the stem; one train_on_batch gives the same weights,
-    moving statistics and optimizer slots as without it."""
+def test_a_rematerialized_training_step_equals_the_plain_one(builder, policy, kwargs, monkeypatch):
+    """compile_model's default recomputes the stem's two segments; one train_on_batch gives the
+    same weights, moving statistics and optimizer slots as without it."""
+    keras.config.set_dtype_policy(policy)
+    segments = []
+    monkeypatch.setattr(remat, "recompute", lambda seg: segments.append(seg.name) or recompute(seg))
     results = []
     for end_points in ((), None):
         model = small(builder, **kwargs)
         training.compile_model(model, training.Recipe.plain(), steps_per_epoch=1, remat=end_points)
         assert ("call" in vars(model)) == (end_points is None)
-        loss = model.train_on_batch(X, Y)
+        loss = model.train_on_batch(X, [Y, Y] if len(model.outputs) == 2 else Y)
         results.append((loss, [v.numpy() for v in model.weights + model.optimizer.variables]))
+    assert len(set(segments)) == 2, segments  # the remat path ran (once per trace)
     (loss, plain), (loss_remat, rematerialized) = results
     np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
     assert len(plain) == len(rematerialized)
@@ -114,10 +126,37 @@ def test_bad_end_points_and_batchnorms_that_cannot_be_recomputed():
     with pytest.raises(ValueError, match="cannot rematerialize up to Mixed_5b-Branch_1"):
         remat.rematerialize(model, ["Mixed_5b-Branch_1-Conv2d_0a_1x1"])  # a branch, not the trunk
 
+    with pytest.raises(TypeError, match="sequence of layer names"):
+        remat.rematerialize(model, "MaxPool_3a_3x3")
+    remat.rematerialize(model)
+    with pytest.raises(ValueError, match="no layer"):
+        remat.rematerialize(model, ["Mixed_9z"])
+    assert "call" in vars(model), "a refused call keeps the earlier rematerialisation"
+
     keras.config.set_dtype_policy("float64")  # Keras's own BatchNorm path would update twice
     explicit = remat.rematerialize(small(), ["MaxPool_3a_3x3"])
     with pytest.raises(ValueError, match="moving statistics again"):
-        explicit(X, training=True)
-    default = remat.rematerialize(small())  # falls back to the whole model
-    _, concrete = traced_step(default)
-    assert not any(op.type == "FusedBatchNormV3" for op in concrete.graph.get_operations())
+        traced_step(explicit)
+    convolutions = [
+        sum(op.type == "Conv2D" for op in traced_step(m)[0].get_operations())
+        for m in (small(), remat.rematerialize(small()))  # the default falls back to the whole model
+    ]
+    assert convolutions[0] == convolutions[1] > 0
+
+
+def test_random_layers_are_not_recomputed():
+    inputs = keras.Input((8,))
+    x = keras.layers.Dropout(0.5, name="drop")(keras.layers.Dense(8, name="d1")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d2")(x))
+    remat.rematerialize(model, ["drop"])
+    with pytest.raises(ValueError, match="drop: it is random"):
+        tf.function(lambda x: model(x, training=True))(tf.zeros((2, 8)))
+
+
+def test_the_default_leaves_a_model_that_ends_in_the_stem_alone():
+    model = small(include_top=False, final_endpoint="MaxPool_5a_3x3")
+    remat.rematerialize(model)  # MaxPool_5a_3x3 is the output: one segment, up to MaxPool_3a_3x3
+    assert "call" in vars(model)
+    stem = small(include_top=False, final_endpoint="MaxPool_3a_3x3")
+    remat.rematerialize(stem)
+    assert "call" not in vars(stem)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, data, evaluation, export, finetune, preprocessing, training
+from keras_inception import cli, data, evaluation, export, finetune, preprocessing, remat, training
 
 HERE = os.path.dirname(__file__)
 CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")
@@ -480,8 +480,10 @@ def test_two_workers_with_synchronized_batchnorm_stay_identical(tmp_path):
     assert w0["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)  # global batch statistics
 
 
-def test_cli_train_writes_a_model_of_the_data_and_its_history(folder, tmp_path, capsys):
+def test_cli_train_writes_a_model_of_the_data_and_its_history(folder, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "train")
+    recomputed = []  # --no-remat: the stem's activations are kept, not recomputed
+    monkeypatch.setattr(remat, "recompute", lambda segment: recomputed.append(segment) or segment)
     assert (
         cli.main(
             [
@@ -504,10 +506,12 @@ def test_cli_train_writes_a_model_of_the_data_and_its_history(folder, tmp_path, 
                 "1",
                 "--output",
                 out,
+                "--no-remat",
             ]
         )
         == 0
     )
+    assert recomputed == []
     assert f"wrote {os.path.join(out, 'final.keras')}" in capsys.readouterr().out
     model = keras.saving.load_model(os.path.join(out, "final.keras"))
     assert model.output_shape == (None, 2) and model.input_shape == (
