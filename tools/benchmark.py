@@ -640,8 +640,8 @@ def write_report(
     if training:
         lines += [
             "",
-            "## Training (RMSProp; ours `compile_model(model, Recipe.plain())` and `train_on_batch`, "
-            "timm autocast; each in a fresh process)",
+            "## Training (RMSProp; ours `compile_model(model, Recipe.plain())`, the stem recomputed, "
+            "and `train_on_batch`; timm autocast; each in a fresh process)",
             "",
         ]
         lines += reporting.table(
