@@ -196,7 +196,8 @@ class BatchNorm(layers.BatchNormalization):
     to 5.5 images/s and its peak RSS from 7.7 to 6.7 GB on a 2-core Xeon. The moving
     statistics are updated as Keras's are (the batch's biased variance). Inference, other
     backends, float64, masks, renorm and synchronised statistics take Keras's own path; the
-    variables and config are Keras's.
+    variables and config are Keras's. Recomputed for a backward pass (inside
+    :func:`recomputation`), it leaves the moving statistics alone: they had this batch.
     """
 
     def call(self, inputs, training=None, mask=None):

@@ -5,8 +5,8 @@ output for BatchNorm's gradient, the ReLU's for the next gradients). The stem's
 convolutions at 149x149 down to 71x71 hold the largest of them. :func:`rematerialize`
 keeps only the stem's end points instead and runs the stem again when the backward pass
 reaches it, as ``tf.recompute_grad`` does, but BatchNorm updates its moving statistics
-once. The price is the stem's forward pass again: about a fifth of a forward pass, a few
-percent of a step.
+once. The price is the stem's forward pass again: 10-23% of the network's forward
+multiply-adds (Inception-ResNet-v2 to Inception-v3).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import keras
 
 from keras_inception.layers import BatchNorm, recomputation
 
-# slim's stem end points (Inception-v3 and -ResNet, Inception-v4): after the first three
+# slim's stem end points (Inception-v3 and -ResNet-v2, Inception-v4): after the first three
 # convolutions (149x149 and 147x147), and after the rest of the stem (73x73 and 71x71).
+# Inception-ResNet-v1 has the first only.
 STEM_END_POINTS = ("MaxPool_3a_3x3", "Mixed_3a", "MaxPool_5a_3x3", "Mixed_5a")
 
 
@@ -45,7 +46,7 @@ def recompute(segment: keras.Model):
     return run
 
 
-def rematerialize(model: keras.Model, end_points: Sequence[str] | None = None) -> keras.Model:
+def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = None) -> keras.Model:
     """Recompute, in the backward pass of ``model``'s training calls, the activations
     before each end point, keeping only the end points' outputs.
 
@@ -56,27 +57,33 @@ def rematerialize(model: keras.Model, end_points: Sequence[str] | None = None) -
     or frozen. TensorFlow only, in a ``tf.function`` (as ``fit`` runs a step); an eager
     call runs the whole model.
 
-    ``None``: the model's :data:`STEM_END_POINTS` where all that allows, no recomputation
-    otherwise. An empty sequence undoes it. Inference, the model's config and its saved
-    files are unchanged: this is how a training step runs, not part of the model.
+    ``None`` (or ``True``): the model's :data:`STEM_END_POINTS` where all that allows (one
+    input, the end points top-level layers and not outputs), no recomputation otherwise;
+    explicit end points raise instead. An empty sequence (or ``False``) undoes it.
+    Inference, the model's config and its saved files are unchanged: this is how a
+    training step runs, not part of the model.
     """
+    if isinstance(end_points, bool):
+        end_points = None if end_points else ()
     if isinstance(end_points, str):
         raise TypeError(f"end_points must be a sequence of layer names, got the string {end_points!r}")
     strict = end_points is not None
     if not strict:
-        usable = keras.backend.backend() == "tensorflow" and len(model.inputs) == 1
-        outputs = {id(output) for output in model.outputs}  # a stem's output is no cut
-        end_points = [
-            layer.name
-            for layer in model.layers
-            if usable and layer.name in STEM_END_POINTS and id(layer.output) not in outputs
-        ]
+        end_points = []
+        inputs = getattr(model, "inputs", None) or []  # a subclassed model has none
+        if keras.backend.backend() == "tensorflow" and len(inputs) == 1:
+            outputs = {id(output) for output in model.outputs}  # a stem's output is no cut
+            end_points = [
+                layer.name
+                for layer in model.layers
+                if layer.name in STEM_END_POINTS and id(layer.output) not in outputs
+            ]
     try:
         call = _segmented_call(model, list(end_points), strict)
     except ValueError:
         if strict:
             raise
-        call = None  # e.g. an end point that is an output: nothing to recompute
+        call = None  # e.g. a cut the graph reaches around: nothing to recompute
     vars(model).pop("call", None)  # undo an earlier one
     if call is not None:
         # An attribute of the instance, not a tracked layer: the segments share the model's
@@ -101,7 +108,10 @@ def _segmented_call(model: keras.Model, end_points: list[str], strict: bool):
         segments.append(_segment(start, end, name, f"{model.name}_up_to_{name}"))
         start = end
     rest = _segment(start, model.outputs, end_points[-1], f"{model.name}_after_{end_points[-1]}")
-    whole = model.call
+    problem = next(filter(None, map(_problem, segments)), None)
+    if problem and strict:
+        raise ValueError(problem)
+    whole = type(model).call.__get__(model)  # the class's, not an earlier rematerialisation's
 
     def call(inputs, training=None, mask=None, **kwargs):
         import tensorflow as tf
