@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import keras
 
 from keras_inception.layers import BatchNorm, recomputation
+from keras_inception.models.base import all_layers
 
 # slim's stem end points (Inception-v3 and -ResNet-v2, Inception-v4): after the first three
 # convolutions (149x149 and 147x147), and after the rest of the stem (73x73 and 71x71).
@@ -108,8 +109,7 @@ def _segmented_call(model: keras.Model, end_points: list[str], strict: bool):
         segments.append(_segment(start, end, name, f"{model.name}_up_to_{name}"))
         start = end
     rest = _segment(start, model.outputs, end_points[-1], f"{model.name}_after_{end_points[-1]}")
-    problem = next(filter(None, map(_problem, segments)), None)
-    if problem and strict:
+    if strict and (problem := _problem(segments)):
         raise ValueError(problem)
     whole = type(model).call.__get__(model)  # the class's, not an earlier rematerialisation's
 
@@ -118,12 +118,11 @@ def _segmented_call(model: keras.Model, end_points: list[str], strict: bool):
 
         if not training or tf.executing_eagerly():
             return whole(inputs, training=training, mask=mask, **kwargs)
-        problem = next(filter(None, map(_problem, segments)), None)
-        if problem and strict:
-            raise ValueError(problem)
-        if problem:
+        if problem := _problem(segments):  # checked again: trainability and policy can change
+            if strict:
+                raise ValueError(problem)
             return whole(inputs, training=training, mask=mask, **kwargs)
-        x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        x = keras.tree.flatten(inputs)[0]
         for segment in segments:
             x = recompute(segment)(x)
         return rest(x, training=True)
@@ -141,15 +140,9 @@ def _segment(start, end, end_point: str, name: str) -> keras.Model:
         ) from error
 
 
-def _layers(layer: keras.layers.Layer):
-    for inner in getattr(layer, "layers", []):
-        yield inner
-        yield from _layers(inner)
-
-
-def _problem(segment: keras.Model) -> str | None:
-    """Why ``segment`` cannot be recomputed as it ran, or ``None``."""
-    for layer in _layers(segment):
+def _problem(segments: list[keras.Model]) -> str | None:
+    """Why a segment cannot be recomputed as it ran, or ``None``."""
+    for layer in (layer for segment in segments for layer in all_layers(segment)):
         if getattr(layer, "_seed_generators", None):
             return f"cannot rematerialize {layer.name}: it is random, and would draw anew when recomputed"
         trains = isinstance(layer, keras.layers.BatchNormalization) and layer.trainable

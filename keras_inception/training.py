@@ -160,13 +160,13 @@ def compile_model(
     jit_compile: bool = False,
     l2_biases: bool = False,
     top_k_metrics: bool = True,
-    remat: Sequence[str] | None = None,
+    remat: Sequence[str] | bool | None = None,
 ) -> keras.Model:
     """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics.
 
     ``remat``: the end points up to which a training step recomputes its activations in
-    the backward pass (:func:`keras_inception.remat.rematerialize`; ``None``: the stem's,
-    where it can; ``()``: none).
+    the backward pass (:func:`keras_inception.remat.rematerialize`; ``None`` or ``True``:
+    the stem's, where it can; ``()`` or ``False``: none).
     """
     if recipe.weight_decay and recipe.weight_decay_mode == "l2":
         add_l2_loss(model, recipe.weight_decay, l2_biases)
@@ -227,7 +227,7 @@ def train(
     verbose: int | str = "auto",
     settings: dict | None = None,
     l2_biases: bool = False,
-    remat: Sequence[str] | None = None,
+    remat: Sequence[str] | bool | None = None,
 ) -> keras.Model:
     """Train with the recipe under ``strategy`` (not multi-worker: see :func:`distributed_fit`).
 
@@ -366,7 +366,7 @@ def train_network(
             xla,
             settings=settings,
             l2_biases=l2_biases,
-            remat=None if remat else (),
+            remat=remat,
         )
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -387,7 +387,7 @@ def train_network(
         steps,
         checkpoint_dir=os.path.join(output_dir, "backup"),
         l2_biases=l2_biases,
-        remat=None if remat else (),
+        remat=remat,
     )
     runs.swap_averages(model)
     runs.save_model(model, os.path.join(output_dir, "final.keras"))
@@ -405,7 +405,7 @@ def distributed_fit(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 10,
     l2_biases: bool = False,
-    remat: Sequence[str] | None = None,
+    remat: Sequence[str] | bool | None = None,
 ) -> tuple[keras.Model, list[float]]:
     """The step of :func:`compile_model`'s loss and optimizer under ``strategy.run``.
 
