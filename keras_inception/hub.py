@@ -126,10 +126,11 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
 def _head(model: keras.Model, family: registry.Family) -> tuple[keras.layers.Layer, float] | None:
     """The classifier layer of ``model`` and its dropout rate, if it has a head."""
     found = {layer.name: layer for layer in all_layers(model)}
-    logits = found.get(keras_name(family.logits_scope)) or found.get("Logits.Logits")
+    # a fine-tuned Inception-v3 has a dense head where slim's has a 1x1 convolution
+    logits = found.get(keras_name(family.logits_scope)) or found.get(keras_name(registry.DENSE_LOGITS_SCOPE))
     if logits is None:
         return None
-    dropout = found.get("Logits.Dropout_1b")
+    dropout = found.get(keras_name(registry.HEAD_DROPOUT_SCOPE))
     return logits, float(dropout.rate) if dropout is not None else 0.0
 
 

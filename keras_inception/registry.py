@@ -12,6 +12,9 @@ import functools
 import json
 from importlib import resources
 
+DENSE_LOGITS_SCOPE = "Logits/Logits"  # the dense classifier: v4, IRv1/v2 and every fine-tuned head
+HEAD_DROPOUT_SCOPE = "Logits/Dropout_1b"  # the main head's dropout, in every family and fine-tuned head
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -38,7 +41,7 @@ class Family:
     name: str
     slim_scope: str | None
     depths: tuple[int, int, int]
-    logits_scope: str = "Logits/Logits"
+    logits_scope: str = DENSE_LOGITS_SCOPE
     aux_conv_scope: str = "AuxLogits/Conv2d_2a_5x5"
     aux_logits_scope: str = "AuxLogits/Logits"
     conv_logits: bool = False

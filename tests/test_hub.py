@@ -73,6 +73,8 @@ def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
     assert isinstance(saved, hub.InceptionImageClassifier)
     config = json.loads((tmp_path / "v3" / "config.json").read_text())
     assert config["config"]["family"] == "inception_v3" and config["config"]["depths"] == [1, 1, 1]
+    task = json.loads((tmp_path / "v3" / "task.json").read_text())
+    assert task["config"]["dropout"] == 0.2  # the model's Logits/Dropout_1b, found by its name
 
     x = ki.preprocess_input(images(4))
     backbone = kh.models.Backbone.from_preset(str(tmp_path / "v3"))
@@ -95,6 +97,21 @@ def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
     classifier.save_to_preset(str(tmp_path / "tuned"))
     reloaded = hub.InceptionImageClassifier.from_preset(str(tmp_path / "tuned"))
     np.testing.assert_allclose(reloaded(x), classifier(x), atol=1e-6)
+
+
+def test_fine_tuned_inception_v3_keeps_its_dense_head_and_dropout(kh, hub, tmp_path):
+    from keras_inception import finetune
+
+    model, _ = finetune.transfer_model(
+        "inception_v3", ["a", "b", "c"], weights=None, image_size=SIZE, dropout_rate=0.3, **TINY
+    )
+    randomize(model)
+    saved = hub.save_preset(model, str(tmp_path / "tuned"), "inception_v3", **TINY)
+    assert isinstance(saved, hub.InceptionImageClassifier)  # not a backbone preset without the head
+    task = json.loads((tmp_path / "tuned" / "task.json").read_text())
+    assert task["config"]["dropout"] == 0.3 and task["config"]["num_classes"] == 3
+    x = ki.preprocess_input(images(2))
+    np.testing.assert_allclose(keras.ops.softmax(saved(x)), model(x), atol=1e-5)
 
 
 @pytest.mark.slow

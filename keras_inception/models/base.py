@@ -228,7 +228,7 @@ def _output(b: Builder, logits, activation, prefix: str):
 def _main_head(b: Builder, family: registry.Family, x, classes: int, dropout_rate: float, activation):
     x = layers.GlobalAveragePooling2D(keepdims=family.conv_logits, name="global_pool")(x)
     b.end_points["global_pool"] = x
-    x = layers.Dropout(dropout_rate, name=keras_name("Logits/Dropout_1b"))(x)
+    x = layers.Dropout(dropout_rate, name=keras_name(registry.HEAD_DROPOUT_SCOPE))(x)
     initializer = b.initializer() if family.conv_logits else "glorot_uniform"
     logits = _classifier(x, classes, family.logits_scope, family.conv_logits, initializer)
     return _output(b, logits, activation, "")
