@@ -220,25 +220,31 @@ def _shape(fields: dict[int, list]) -> tuple[int, ...]:
     return shape
 
 
-Extents = tuple[tuple[int, int], ...]  # (start, length) per dimension, resolved against the shape
+Extents = tuple[tuple[int, int], ...]  # (start, length) per dimension as stored; length -1: all of it
 
 
 def _slice(fields: dict[int, list], shape: tuple[int, ...]) -> Extents:
-    """A TensorSliceProto's extents, a full extent as (0, size)."""
+    """A TensorSliceProto's extents, checked against the tensor's shape."""
     extents = _messages(fields, 1)
     if not extents:
-        return tuple((0, size) for size in shape)
+        return tuple((0, -1) for _ in shape)
     if len(extents) != len(shape):
         raise _Corrupt(f"a slice of rank {len(extents)} of a tensor of shape {shape}")
-    out = []
-    for extent, size in zip(extents, shape, strict=True):
-        start, length = _int(extent, 1), _int(extent, 2, -1)
-        if length == -1:
-            start, length = 0, size
-        if start < 0 or length < 0 or start + length > size:
+    out = tuple((_int(extent, 1), _int(extent, 2, -1)) for extent in extents)
+    for (start, length), size in zip(out, shape, strict=True):
+        if length != -1 and (start < 0 or length < 0 or start + length > size):
             raise _Corrupt(f"a slice {start}:{start + length} outside a dimension of size {size}")
-        out.append((start, length))
-    return tuple(out)
+    return out
+
+
+def _region(extents: Extents, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    lengths = _lengths(extents, shape)
+    return tuple(slice(start if n != -1 else 0, (start if n != -1 else 0) + length)
+                 for (start, n), length in zip(extents, lengths, strict=True))
+
+
+def _lengths(extents: Extents, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size if n == -1 else n for (_, n), size in zip(extents, shape, strict=True))
 
 
 def _count(shape: Sequence[int]) -> int:
@@ -253,13 +259,15 @@ _DTYPES = {
     1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 8: "<c8", 9: "<i8", 10: "?",
     14: "bfloat16", 17: "<u2", 18: "<c16", 19: "<f2", 22: "<u4", 23: "<u8",
 }  # fmt: skip
-_NAMES = {7: "string", 20: "resource", 21: "variant"}
+_NAMES = {20: "resource", 21: "variant"}
 
 
 def _dtype(code: int, name: str) -> np.dtype:
+    if code == 7:
+        return np.dtype(object)  # strings, as bytes objects
     if code not in _DTYPES:
         kind = _NAMES.get(code, f"of DataType {code}")
-        raise _Corrupt(f"variable {name} is a {kind} tensor; this reader reads numeric tensors only")
+        raise _Corrupt(f"variable {name} is a {kind} tensor; this reader reads numbers and strings")
     if code == 14:
         import ml_dtypes  # Keras's own dependency: NumPy has no bfloat16
 
@@ -399,8 +407,13 @@ def _varints(buf: bytes) -> np.ndarray:
 
 def _v1_values(tensor: dict[int, list], code: int, dtype: np.dtype, count: int, name: str) -> np.ndarray:
     """A slice's ``count`` values from its TensorProto."""
-    if code not in _V1_FIELDS:
+    if code not in _V1_FIELDS and code != 7:
         raise _Corrupt(f"variable {name} has dtype {dtype}, which V1 checkpoints do not store")
+    if code == 7:  # string_val
+        strings = [bytes(v) for v in tensor.get(8, []) if not isinstance(v, int)]
+        if len(strings) != count:
+            raise _Corrupt(f"variable {name}: a slice of {count} strings holds {len(strings)}")
+        return np.array(strings + [None], object)[:-1]  # never a 2-D array of characters
     number, encoding = _V1_FIELDS[code]
     values = tensor.get(number, [])
     if encoding == "f":
@@ -468,9 +481,9 @@ def _read_v1(path: str, shapes_only: bool = False) -> dict:
         if extents not in missing:
             raise _Corrupt(f"variable {name}: a slice the metadata does not list, or listed twice")
         missing.discard(extents)
-        counts = tuple(length for _, length in extents)
+        counts = _lengths(extents, array.shape)
         values = _v1_values(_fields(_bytes(saved[0], 3)), code, array.dtype, _count(counts), name)
-        array[tuple(slice(start, start + length) for start, length in extents)] = values.reshape(counts)
+        array[_region(extents, array.shape)] = values.reshape(counts)
     for name, (_, missing) in pending.items():
         if missing:
             raise _Corrupt(f"variable {name}: {len(missing)} slice(s) listed in the metadata are missing")
@@ -481,13 +494,13 @@ def _read_v1(path: str, shapes_only: bool = False) -> dict:
 
 def _check_cover(name: str, shape: tuple[int, ...], slices: list[Extents]) -> None:
     """The slices tile the tensor: each element exactly once."""
-    if len(slices) == 1 and all(extent == (0, size) for extent, size in zip(slices[0], shape, strict=True)):
+    if len(slices) == 1 and _lengths(slices[0], shape) == shape:
         return
-    if sum(_count([length for _, length in extents]) for extents in slices) != _count(shape):
+    if sum(_count(_lengths(extents, shape)) for extents in slices) != _count(shape):
         raise _Corrupt(f"the slices of variable {name} do not tile its shape {shape}")
     cover = np.zeros(shape, np.uint8)
     for extents in slices:
-        cover[tuple(slice(start, start + length) for start, length in extents)] += 1
+        cover[_region(extents, shape)] += 1
     if not (cover == 1).all():
         raise _Corrupt(f"the slices of variable {name} do not tile its shape {shape}")
 
@@ -513,13 +526,12 @@ def _ordered_signed(value: int) -> bytes:
     return ((value & ((1 << bits) - 1)) ^ header).to_bytes(length, "big")
 
 
-def slice_key(name: str, extents: Sequence[tuple[int, int]], shape: Sequence[int]) -> bytes:
+def slice_key(name: str, extents: Extents) -> bytes:
     """A V2 slice entry's key: OrderedCode of (0, name, rank, start and length per dimension),
-    a full dimension as (0, -1) (tensor_slice_util's EncodeTensorNameSlice)."""
+    as tensor_slice_util's EncodeTensorNameSlice writes it."""
     key = b"\x00" + _ordered_string(name.encode()) + b"\x00\x01" + _ordered_unsigned(len(extents))
-    for (start, length), size in zip(extents, shape, strict=True):
-        full = start == 0 and length == size
-        key += _ordered_signed(0 if full else start) + _ordered_signed(-1 if full else length)
+    for start, length in extents:
+        key += _ordered_signed(start) + _ordered_signed(length)
     return key
 
 
@@ -578,13 +590,13 @@ def _read_v2(prefix: str, shapes_only: bool = False) -> dict:
             pieces.append((entry, entry["name"], None))
             continue
         for extents in entry["slices"]:
-            key = slice_key(entry["name"], extents, entry["shape"])
+            key = slice_key(entry["name"], extents)
             if key not in slice_values:
                 raise CheckpointError(
                     f"cannot read checkpoint index {prefix}.index (truncated or corrupt?): "
                     f"variable {entry['name']}: a slice's entry is missing"
                 )
-            counts = tuple(length for _, length in extents)
+            counts = _lengths(extents, entry["shape"])
             piece = _entry(slice_values[key], entry["name"])
             if piece["shape"] != counts or piece["code"] != entry["code"]:
                 raise CheckpointError(
@@ -624,7 +636,7 @@ def _read_v2(prefix: str, shapes_only: bool = False) -> dict:
             raise CheckpointError(f"cannot read checkpoint index {prefix}.index: {error}") from None
         array = np.empty(entry["shape"], values[name, entry["slices"][0]].dtype)
         for extents in entry["slices"]:
-            array[tuple(slice(start, start + length) for start, length in extents)] = values[name, extents]
+            array[_region(extents, entry["shape"])] = values[name, extents]
         arrays[name] = array
     return arrays
 
@@ -639,26 +651,53 @@ def _read_shard(path: str, group: list) -> dict:
     out, views, expected = {}, [], []
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if sum(piece["size"] for piece, _, _ in group) > size:
+        if sum(max(0, piece["size"]) for piece, _, _ in group) > size:
             raise _Corrupt(f"the index places more bytes in it than its {size}")
         for piece, name, extents in group:
-            dtype = _dtype(piece["code"], name)
-            offset, length = piece["offset"], piece["size"]
-            if length != _count(piece["shape"]) * dtype.itemsize:
-                raise _Corrupt(f"variable {name}: {length} bytes for shape {piece['shape']} of {dtype}")
-            if offset < 0 or offset + length > size:
+            offset, length, shape = piece["offset"], piece["size"], piece["shape"]
+            if offset < 0 or length < 0 or offset + length > size:
                 raise _Corrupt(f"variable {name} needs bytes {offset}..{offset + length} of {size}")
-            array = np.empty(piece["shape"], dtype)
             f.seek(offset)
-            if f.readinto(_raw(array)) != length:
-                raise _Corrupt(f"variable {name}: the file ended while read")
+            if piece["code"] == 7:
+                array, raw = _strings(f.read(length), shape, name)
+            else:
+                dtype = _dtype(piece["code"], name)
+                if length != _count(shape) * dtype.itemsize:
+                    raise _Corrupt(f"variable {name}: {length} bytes for shape {shape} of {dtype}")
+                array = np.empty(shape, dtype)
+                raw = _raw(array)
+                if f.readinto(raw) != length:
+                    raise _Corrupt(f"variable {name}: the file ended while read")
             out[name, extents] = array
-            views.append(_raw(array))
+            views.append(raw)
             expected.append(unmask(piece["crc"]))
     for (name, _), crc, want in zip(out, crc32c(views), expected, strict=True):
         if crc != want:
             raise _Corrupt(f"checksum mismatch for variable {name}")
     return out
+
+
+def _strings(raw: bytes, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, bytes]:
+    """A string tensor (varint lengths, a masked CRC32C of them, then the bytes; tensor_bundle.cc)
+    and the bytes its entry's CRC32C covers: the lengths as 4-byte integers, not varints."""
+    count, pos, end = _count(shape), 0, len(raw)
+    if count > end:
+        raise _Corrupt(f"variable {name}: {count} strings in {end} bytes")
+    view = memoryview(raw)
+    lengths = []
+    for _ in range(count):
+        length, pos = _varint(view, pos, end)
+        lengths.append(length)
+    if pos + 4 + sum(lengths) != end:
+        raise _Corrupt(f"variable {name}: string lengths that do not add up to its {end} bytes")
+    fixed = b"".join(n.to_bytes(4 if n < 1 << 32 else 8, "little") for n in lengths)
+    if unmask(int.from_bytes(view[pos : pos + 4], "little")) != crc32c([fixed])[0]:
+        raise _Corrupt(f"checksum mismatch for the string lengths of variable {name}")
+    checked = fixed + raw[pos:]
+    values, pos = np.empty(count, object), pos + 4
+    for i, length in enumerate(lengths):
+        values[i], pos = bytes(view[pos : pos + length]), pos + length
+    return values.reshape(shape), checked
 
 
 # ---------------------------------------------------------------------------------------------
