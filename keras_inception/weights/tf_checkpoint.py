@@ -44,47 +44,43 @@ class _Corrupt(Exception):  # noqa: N818 (internal; never escapes this module)
 # ---------------------------------------------------------------------------------------------
 # CRC32C (Castagnoli), as TensorFlow's tables and bundles checksum their bytes.
 #
-# The register update is linear over GF(2), so a buffer's CRC is computed from its 4 KiB
-# chunks: every chunk of every buffer at once in NumPy (one 4-byte step per row of a
-# transposed matrix), then chained per buffer with the linear map "4 KiB of zero bytes".
-# Buffers are left-padded with zeros (which leave a zero register unchanged); the initial
-# register 0xFFFFFFFF is folded into a buffer's first four bytes.
+# The register update is linear over GF(2), so a buffer's CRC is computed from pieces: every
+# 1 KiB lane of every buffer at once in NumPy (one 4-byte step per row of a transposed
+# matrix), then lanes chained into 4 KiB chunks (vectorised) and chunks into buffers (a
+# Python loop), each link the linear map "so many zero bytes" applied by byte tables.
+# Buffers are left-padded with zeros to whole chunks (zeros leave a zero register unchanged);
+# the initial register 0xFFFFFFFF is folded into a buffer's first four bytes.
 
 _POLY = 0x82F63B78
-_CHUNK = 4096
+_LANE = 1024
+_CHUNK = 4096  # a multiple of _LANE
 _GROUP_BYTES = 1 << 25  # bytes per vectorised pass: bounds the scratch memory
 _MASK_DELTA = 0xA282EAD8
 
 
 @functools.cache
-def _crc_tables() -> tuple[list[int], np.ndarray, np.ndarray, list[list[int]]]:
-    """Byte table; 16-bit tables for one 4-byte step; byte tables of the 4 KiB zero shift."""
+def _crc_tables() -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, list[list[int]]]:
+    """Byte table; 16-bit tables of one 4-byte step; byte tables of the lane and chunk shifts."""
     byte = np.arange(256, dtype=np.uint32)
     for _ in range(8):
         byte = (byte >> 1) ^ np.where(byte & 1, np.uint32(_POLY), np.uint32(0))
-    step = [byte]  # step[k][i]: register i followed by k zero bytes, then one step of byte i
+    step = [byte]  # step[k][i]: byte i's step followed by k zero bytes
     for _ in range(3):
         step.append((step[-1] >> 8) ^ byte[step[-1] & 0xFF])
-    low = np.arange(1 << 16, dtype=np.uint32)
-    # After ``crc ^= word``, four byte steps map the register linearly: split it in 16-bit halves.
-    low_table = step[3][low & 0xFF] ^ step[2][low >> 8]
-    high_table = step[1][low & 0xFF] ^ step[0][low >> 8]
-    basis = np.uint32(1) << np.arange(32, dtype=np.uint32)
-    for _ in range(_CHUNK // 4):
-        basis = low_table[basis & 0xFFFF] ^ high_table[basis >> 16]
-    basis = basis.tolist()
-    shift = [
-        [_xor_bits(value << (8 * part), basis) for value in range(256)] for part in range(4)
-    ]
-    return byte.tolist(), low_table, high_table, shift
+    half = np.arange(1 << 16, dtype=np.uint32)
+    # After ``crc ^= word``, four byte steps map the register linearly: one table per 16-bit half.
+    low_table = step[3][half & 0xFF] ^ step[2][half >> 8]
+    high_table = step[1][half & 0xFF] ^ step[0][half >> 8]
 
+    def shift(nbytes: int) -> np.ndarray:  # tables[k][v]: the register v << 8k after nbytes zeros
+        basis = np.uint32(1) << np.arange(32, dtype=np.uint32)
+        for _ in range(nbytes // 4):
+            basis = low_table[basis & 0xFFFF] ^ high_table[basis >> 16]
+        bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+        return np.stack([np.bitwise_xor.reduce(np.where(bits, basis[8 * k : 8 * k + 8], 0), axis=1)
+                         for k in range(4)]).astype(np.uint32)
 
-def _xor_bits(value: int, images: list[int]) -> int:
-    out = 0
-    for bit in range(32):
-        if value >> bit & 1:
-            out ^= images[bit]
-    return out
+    return byte.tolist(), low_table, high_table, shift(_LANE), shift(_CHUNK).tolist()
 
 
 def crc32c(buffers: Sequence) -> list[int]:
@@ -111,7 +107,7 @@ def crc32c(buffers: Sequence) -> list[int]:
 
 
 def _crc_group(group: list[tuple[int, memoryview]], chunks: int, out: list[int]) -> None:
-    _, low_table, high_table, shift = _crc_tables()
+    _, low_table, high_table, lane_shift, chunk_shift = _crc_tables()
     padded = np.zeros(chunks * _CHUNK, np.uint8)
     spans, row = [], 0
     for i, view in group:
@@ -121,17 +117,24 @@ def _crc_group(group: list[tuple[int, memoryview]], chunks: int, out: list[int])
         padded[start : start + 4] ^= 0xFF
         spans.append((i, row, count))
         row += count
-    words = np.ascontiguousarray(padded.view("<u4").reshape(chunks, _CHUNK // 4).T)
+    lanes = chunks * (_CHUNK // _LANE)
+    words = np.ascontiguousarray(padded.view("<u4").reshape(lanes, _LANE // 4).T)
     del padded
-    crc, low, high = (np.zeros(chunks, np.uint32) for _ in range(3))
+    crc, low, high = (np.zeros(lanes, np.uint32) for _ in range(3))
     halves = crc.view(np.uint16)  # little-endian: the low and high 16 bits of each lane
     for word in words:  # in place: a fresh array per step would cost as much as the step
         np.bitwise_xor(crc, word, out=crc)
         np.take(low_table, halves[0::2], out=low)
         np.take(high_table, halves[1::2], out=high)
         np.bitwise_xor(low, high, out=crc)
-    chunk_crcs = crc.tolist()
-    s0, s1, s2, s3 = shift
+    per_chunk = crc.reshape(chunks, _CHUNK // _LANE)
+    chained = per_chunk[:, 0].copy()
+    for j in range(1, per_chunk.shape[1]):
+        parts = chained.view(np.uint8).reshape(chunks, 4)
+        chained = (lane_shift[0][parts[:, 0]] ^ lane_shift[1][parts[:, 1]] ^ lane_shift[2][parts[:, 2]]
+                   ^ lane_shift[3][parts[:, 3]] ^ per_chunk[:, j])
+    chunk_crcs = chained.tolist()
+    s0, s1, s2, s3 = chunk_shift
     for i, row, count in spans:
         crc = 0
         for chunk in chunk_crcs[row : row + count]:
