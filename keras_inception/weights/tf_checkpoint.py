@@ -371,13 +371,9 @@ def _table(data: memoryview, first_block_only: bool = False) -> Iterator[tuple[b
 
 
 def _load(path: str) -> memoryview:
-    """A whole file's bytes, in a buffer the returned arrays never share."""
+    """A whole file's bytes (read-only: the arrays returned are copies)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = bytearray(size)
-        if f.readinto(data) != size:
-            raise _Corrupt("the file changed size while read")
-    return memoryview(data)
+        return memoryview(f.read())
 
 
 # ---------------------------------------------------------------------------------------------
