@@ -409,13 +409,13 @@ def _varints(buf: bytes) -> np.ndarray:
 
 def _v1_values(tensor: dict[int, list], code: int, dtype: np.dtype, count: int, name: str) -> np.ndarray:
     """A slice's ``count`` values from its TensorProto."""
-    if code not in _V1_FIELDS and code != 7:
-        raise _Corrupt(f"variable {name} has dtype {dtype}, which V1 checkpoints do not store")
     if code == 7:  # string_val
         strings = [bytes(v) for v in tensor.get(8, []) if not isinstance(v, int)]
         if len(strings) != count:
             raise _Corrupt(f"variable {name}: a slice of {count} strings holds {len(strings)}")
         return np.array(strings + [None], object)[:-1]  # never a 2-D array of characters
+    if code not in _V1_FIELDS:
+        raise _Corrupt(f"variable {name} has dtype {dtype}, which V1 checkpoints do not store")
     number, encoding = _V1_FIELDS[code]
     values = tensor.get(number, [])
     if encoding == "f":
@@ -489,8 +489,8 @@ def _read_v1(path: str, shapes_only: bool = False) -> dict:
     for name, (_, missing) in pending.items():
         if missing:
             raise _Corrupt(f"variable {name}: {len(missing)} slice(s) listed in the metadata are missing")
-    for name, (_, _, _, slices) in zip(arrays, meta, strict=True):
-        _check_cover(name, arrays[name].shape, slices)
+    for name, shape, _, slices in meta:
+        _check_cover(name, shape, slices)
     return arrays
 
 
@@ -711,7 +711,7 @@ def read(prefix: str) -> dict[str, np.ndarray]:
 
 
 def variable_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    """Every variable's shape, from the metadata alone (no data read)."""
+    """Every variable's shape, from the metadata: V2's index file; V1's first block, no values decoded."""
     return _dispatch(os.fspath(prefix), shapes_only=True)
 
 
