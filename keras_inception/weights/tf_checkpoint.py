@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -716,6 +717,8 @@ def variable_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
 
 
 def _dispatch(prefix: str, shapes_only: bool) -> dict:
+    if sys.byteorder != "little":  # the CRC's NumPy views take the register's bytes in that order
+        raise CheckpointError("reading TF checkpoints without TensorFlow needs a little-endian machine")
     if os.path.isfile(f"{prefix}.index"):
         return _read_v2(prefix, shapes_only)
     try:
