@@ -9,21 +9,17 @@ an error that names the variable. Never a partial load.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-import re
 
 import keras
 import numpy as np
 
 from keras_inception import registry, slim
 from keras_inception.layers import SEPARATOR
+from keras_inception.weights import tf_checkpoint
+from keras_inception.weights.tf_checkpoint import CheckpointError
 
 HEAD_SCOPES = ("Logits", "AuxLogits")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names the variable."""
 
 
 @dataclasses.dataclass
@@ -53,31 +49,10 @@ def checkpoint_prefix(path: str) -> str:
 
 
 def read(path: str) -> dict[str, np.ndarray]:
-    """Every variable of a V1 or V2 checkpoint, as numpy arrays keyed by name."""
-    import tensorflow as tf
-
-    prefix = checkpoint_prefix(path)
-    try:  # every tensor is read here: a missing or short data file fails on the first get_tensor
-        reader = tf.train.load_checkpoint(prefix)
-        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-    except Exception as error:  # OpError, DataLossError, IndexError: a missing, short or corrupt file
-        raise _read_error(prefix, error) from error
-
-
-def _read_error(prefix: str, error: Exception) -> CheckpointError:
-    """A one-line error naming the file a read failed on: a V2 data shard, else the checkpoint."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if not os.path.isfile(f"{prefix}.index"):
-        return CheckpointError(f"cannot read checkpoint {prefix}: {reason}")
-    shards = re.findall(r"[^\s;:'\"]+\.data-\d{5}-of-\d{5}", reason)
-    shards = shards or sorted(glob.glob(f"{glob.escape(prefix)}.data-?????-of-?????"))
-    missing = [shard for shard in shards if not os.path.isfile(shard)]
-    if missing or not shards:
-        missing_name = missing[0] if missing else f"{prefix}.data-00000-of-00001"
-        return CheckpointError(f"checkpoint data file {missing_name} is missing (beside {prefix}.index)")
-    return CheckpointError(
-        f"cannot read checkpoint data file {', '.join(shards)} (truncated or corrupt?): {reason}"
-    )
+    """Every variable of a V1 or V2 checkpoint, as numpy arrays keyed by name (no TensorFlow:
+    :mod:`keras_inception.weights.tf_checkpoint`); a missing, short or corrupt file raises a
+    one-line :class:`CheckpointError` naming it."""
+    return tf_checkpoint.read(checkpoint_prefix(path))
 
 
 def family_of(variables: dict[str, np.ndarray]) -> str:
