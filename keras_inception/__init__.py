@@ -16,7 +16,16 @@ import importlib as _importlib
 from keras_inception import startup as _startup
 
 with _startup.quiet_tensorflow() if _startup.is_command() else _contextlib.nullcontext():
-    import keras  # noqa: F401 - TensorFlow's start-up happens here
+    try:
+        import keras  # noqa: F401 - TensorFlow's start-up happens here
+    except ModuleNotFoundError as _error:
+        if _error.name != "tensorflow":
+            raise
+        raise ModuleNotFoundError(
+            "Keras's backend is TensorFlow (its default), which is not installed: set KERAS_BACKEND=jax "
+            "or torch, or pip install 'keras-inception[tensorflow]'",
+            name="tensorflow",
+        ) from None
 
 from keras_inception import pretrained, registry  # noqa: E402
 from keras_inception.imagenet import decode_predictions, preprocess_input

@@ -68,6 +68,12 @@ def _images() -> str:
     return str(resources.files("keras_inception").joinpath("data/images"))
 
 
+def keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
 def _has(module: str) -> bool:
     """``module`` can be imported (its parent packages too)."""
     try:
@@ -203,6 +209,27 @@ def run(directory: str) -> int:
         assert len(folded.layers) < len(state["model"].layers)
         y = np.asarray(folded.predict(expected["x"], verbose=0))
         np.testing.assert_allclose(y, expected["y"], rtol=1e-3, atol=1e-4)
+
+    @check("without TensorFlow: one-line errors naming what to do")
+    def _():
+        if _has("tensorflow"):
+            raise NotApplicableError("TensorFlow is installed")
+        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+        env["KERAS_HOME"] = tempfile.mkdtemp(dir=work)  # no keras.json: Keras's default backend
+        lines = {
+            "import keras_inception": "Keras's backend is TensorFlow (its default), which is not installed: "
+            "set KERAS_BACKEND=jax or torch, or pip install 'keras-inception[tensorflow]'",
+            "import keras_inception.data": "keras_inception.data needs TensorFlow (tf.data pipelines): "
+            "pip install 'keras-inception[tensorflow]'",
+        }
+        for code, line in lines.items():
+            backend = {} if code == "import keras_inception" else {"KERAS_BACKEND": keras_backend()}
+            done = subprocess.run(
+                [sys.executable, "-c", code], env={**env, **backend}, capture_output=True, text=True
+            )
+            assert done.returncode == 1 and done.stderr.splitlines()[-1] == f"ModuleNotFoundError: {line}", (
+                done.stderr
+            )
 
     @check("keras-inception predict on the bundled images")
     def _():
