@@ -4,16 +4,30 @@ import keras_inception as ki
 model = ki.InceptionV4(weights="imagenet")
 preds = model.predict(ki.preprocess_input(images))
 ki.decode_predictions(preds, top=5)
+
+The models and their weights need only Keras (any backend). The modules that are
+TensorFlow's by nature (``preprocessing``'s image decoding, ``data``, ``evaluation``,
+``export``, ``training``) are imported on first use and need ``keras-inception[tensorflow]``.
 """
 
 import contextlib as _contextlib
+import importlib as _importlib
 
 from keras_inception import startup as _startup
 
 with _startup.quiet_tensorflow() if _startup.is_command() else _contextlib.nullcontext():
-    import keras  # noqa: F401 - TensorFlow's start-up happens here
+    try:
+        import keras  # noqa: F401 - TensorFlow's start-up happens here
+    except ModuleNotFoundError as _error:
+        if _error.name != "tensorflow":
+            raise
+        raise ModuleNotFoundError(
+            "Keras's backend is TensorFlow (its default), which is not installed: set KERAS_BACKEND=jax "
+            "or torch, or pip install 'keras-inception[tensorflow]'",
+            name="tensorflow",
+        ) from None
 
-from keras_inception import preprocessing, pretrained, registry  # noqa: E402
+from keras_inception import pretrained, registry  # noqa: E402
 from keras_inception.imagenet import decode_predictions, preprocess_input
 from keras_inception.layers import ScaleSum
 from keras_inception.models import (
@@ -26,6 +40,7 @@ from keras_inception.models import (
     feature_extractor,
     multiply_adds,
 )
+from keras_inception.transform import eval_transform
 
 __version__ = "0.1.0"
 
@@ -38,10 +53,19 @@ __all__ = [
     "ScaleSum",
     "decode_predictions",
     "end_points",
+    "eval_transform",
     "feature_extractor",
     "multiply_adds",
     "preprocess_input",
-    "preprocessing",
     "pretrained",
     "registry",
 ]
+
+_ON_FIRST_USE = ("preprocessing", "data", "evaluation", "export", "training")
+
+
+def __getattr__(name: str):
+    """``ki.preprocessing`` and the other TensorFlow modules, imported when first used."""
+    if name in _ON_FIRST_USE:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from keras_inception import preprocessing
+from keras_inception.startup import import_tensorflow
+
+tf = import_tensorflow(__name__, "tf.data pipelines")
+
+from keras_inception import preprocessing  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

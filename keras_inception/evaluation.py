@@ -18,10 +18,13 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_inception import inference, preprocessing
-from keras_inception.layers import output_layers
+from keras_inception.startup import import_tensorflow
+
+tf = import_tensorflow(__name__, "tf.data evaluation")
+
+from keras_inception import inference, preprocessing  # noqa: E402
+from keras_inception.layers import output_layers  # noqa: E402
 
 GOOGLENET_SCALES = (256, 288, 320, 352)
 CROP_SCHEMES = (1, 12, 144)

@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_inception import files, imagenet, inference, preprocessing
-from keras_inception.layers import output_layers
+from keras_inception.startup import import_tensorflow
+
+tf = import_tensorflow(__name__, "SavedModel, LiteRT and ONNX export", extra="export")
+
+from keras_inception import files, imagenet, inference, preprocessing  # noqa: E402
+from keras_inception.layers import output_layers  # noqa: E402
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FORMATS = ("savedmodel", "tflite", "onnx", "openvino")

@@ -9,7 +9,10 @@ behind an optional linear warm-up.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from keras_inception.startup import import_tensorflow
+
+tf = import_tensorflow(__name__, "TF1's RMSProp kernel")
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")

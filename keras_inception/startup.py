@@ -1,5 +1,9 @@
-"""Keep TensorFlow's start-up log lines out of the ``keras-inception`` command's output.
+"""TensorFlow at start-up: imported only by the modules that need it, and quiet in the command.
 
+:func:`import_tensorflow` is how the modules that are TensorFlow's by nature import it:
+without TensorFlow, the error names the extra that installs it.
+
+Keep TensorFlow's start-up log lines out of the ``keras-inception`` command's output:
 TensorFlow writes its oneDNN, CPU-feature and CUDA-probing notices straight to file
 descriptor 2 while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read. For the
 command (not for the library), :func:`quiet_tensorflow` raises that level to errors
@@ -10,11 +14,13 @@ reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps everything.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from types import ModuleType
 
 COMMAND = "keras-inception"
 NOTICE = re.compile(
@@ -22,6 +28,23 @@ NOTICE = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog|"
     rb"To enable the following instructions:)"
 )
+
+
+def import_tensorflow(module: str, purpose: str, extra: str = "tensorflow") -> ModuleType:
+    """``tensorflow``, for a module that is TensorFlow's by nature; without it, an error naming the extra.
+
+    The models and their weights need no TensorFlow; ``module`` (``"keras_inception.data"``)
+    needs it for ``purpose`` (``"tf.data pipelines"``), and the package's ``extra`` brings it.
+    """
+    try:
+        return importlib.import_module("tensorflow")
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        raise ModuleNotFoundError(
+            f"{module} needs TensorFlow ({purpose}): pip install 'keras-inception[{extra}]'",
+            name="tensorflow",
+        ) from error
 
 
 def is_command() -> bool:

@@ -24,13 +24,16 @@ from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_inception import registry, runs
-from keras_inception.layers import output_layers
-from keras_inception.models.base import all_layers
-from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay
-from keras_inception.remat import rematerialize
+from keras_inception.startup import import_tensorflow
+
+tf = import_tensorflow(__name__, "tf.data and tf.distribute training")
+
+from keras_inception import registry, runs  # noqa: E402
+from keras_inception.layers import output_layers  # noqa: E402
+from keras_inception.models.base import all_layers  # noqa: E402
+from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
+from keras_inception.remat import rematerialize  # noqa: E402
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
