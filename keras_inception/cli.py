@@ -95,7 +95,8 @@ def _open(spec: str, args, split: str):
 
 def _run_command(args, work, total: int) -> int:
     """Run ``work()`` (a training run into ``args.output``), its progress on stderr: 0, or 1 when
-    it diverged, or 130 when interrupted, each said in one line."""
+    it diverged, or 130 when interrupted, each said in one line (after a line break: a
+    progress bar may have been cut short)."""
     from keras_inception import runs
 
     try:
@@ -103,12 +104,12 @@ def _run_command(args, work, total: int) -> int:
             work()
     except runs.DivergedError as error:
         option = "--" + error.setting.split(".")[-1].replace("_", "-")
-        print(error.message(option), file=sys.stderr)
+        print(f"\n{error.message(option)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         done = runs.finished_epochs(args.output)
         print(
-            f"interrupted: {done} of {total} epochs are saved in {args.output}; "
+            f"\ninterrupted: {done} of {total} epochs are saved in {args.output}; "
             f"rerun the same command to resume from epoch {done + 1}",
             file=sys.stderr,
         )
