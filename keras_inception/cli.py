@@ -127,35 +127,41 @@ def cmd_train(args) -> int:
         weight_decay=args.weight_decay,
         weight_decay_mode=args.weight_decay_mode,
     )
-    train_source = _open(args.data, args, "train")
-    val_source = _open(args.val_data, args, args.val_split) if args.val_data else None
 
     def work():
-        training.train_network(
-            args.model,
-            train_source,
-            val_source,
-            args.output,
-            epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            recipe=recipe,
-            strategy=args.strategy,
-            tpu=args.tpu,
-            aux_logits=args.aux_logits,
-            sync_bn=args.sync_bn,
-            mixed_precision=args.mixed_precision,
-            xla=args.xla,
-            width=args.width,
-            depths=args.depths,
-            seed=args.seed,
-            remat=not args.no_remat,
-        )
+        from keras_inception import runs
+
+        # the folder is locked before the data are read, so a second run is refused at once
+        # (multi-worker runs write no run folder: each worker its own backups)
+        multi_worker = args.strategy == "multi-worker"
+        with contextlib.nullcontext() if multi_worker else runs.locked_folder(args.output):
+            train_source = _open(args.data, args, "train")
+            val_source = _open(args.val_data, args, args.val_split) if args.val_data else None
+            training.train_network(
+                args.model,
+                train_source,
+                val_source,
+                args.output,
+                epochs=args.epochs,
+                steps_per_epoch=args.steps_per_epoch,
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                recipe=recipe,
+                strategy=args.strategy,
+                tpu=args.tpu,
+                aux_logits=args.aux_logits,
+                sync_bn=args.sync_bn,
+                mixed_precision=args.mixed_precision,
+                xla=args.xla,
+                width=args.width,
+                depths=args.depths,
+                seed=args.seed,
+                remat=not args.no_remat,
+            )
 
     code = _run_command(args, work, args.epochs)
     if code == 0:
-        print(f"wrote {os.path.join(args.output, 'final.keras')} (and best.keras, history.csv, curves.png)")
+        print(f"wrote {os.path.join(args.output, 'final.keras')}")
     return code
 
 
