@@ -6,6 +6,7 @@ The commands only parse arguments and call the library; every choice comes from 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -92,6 +93,30 @@ def _open(spec: str, args, split: str):
     )
 
 
+def _run_command(args, work, total: int) -> int:
+    """Run ``work()`` (a training run into ``args.output``), its progress on stderr: 0, or 1 when
+    it diverged, or 130 when interrupted, each said in one line (after a line break: a
+    progress bar may have been cut short)."""
+    from keras_inception import runs
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bars
+            work()
+    except runs.DivergedError as error:
+        option = "--" + error.setting.split(".")[-1].replace("_", "-")
+        print(f"\n{error.message(option)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        done = runs.finished_epochs(args.output)
+        print(
+            f"\ninterrupted: {done} of {total} epochs are saved in {args.output}; "
+            f"rerun the same command to resume from epoch {done + 1}",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
 def cmd_train(args) -> int:
     recipe = training.Recipe.slim(
         learning_rate=args.learning_rate,
@@ -102,62 +127,79 @@ def cmd_train(args) -> int:
         weight_decay=args.weight_decay,
         weight_decay_mode=args.weight_decay_mode,
     )
-    train_source = _open(args.data, args, "train")
-    val_source = _open(args.val_data, args, args.val_split) if args.val_data else None
-    training.train_network(
-        args.model,
-        train_source,
-        val_source,
-        args.output,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        recipe=recipe,
-        strategy=args.strategy,
-        tpu=args.tpu,
-        aux_logits=args.aux_logits,
-        sync_bn=args.sync_bn,
-        mixed_precision=args.mixed_precision,
-        xla=args.xla,
-        width=args.width,
-        depths=args.depths,
-        seed=args.seed,
-        remat=not args.no_remat,
-    )
-    print(f"wrote {os.path.join(args.output, 'final.keras')}")
-    return 0
+
+    def work():
+        from keras_inception import runs
+
+        # the folder is locked before the data are read, so a second run is refused at once
+        # (multi-worker runs write no run folder: each worker its own backups)
+        multi_worker = args.strategy == "multi-worker"
+        with contextlib.nullcontext() if multi_worker else runs.locked_folder(args.output):
+            train_source = _open(args.data, args, "train")
+            val_source = _open(args.val_data, args, args.val_split) if args.val_data else None
+            training.train_network(
+                args.model,
+                train_source,
+                val_source,
+                args.output,
+                epochs=args.epochs,
+                steps_per_epoch=args.steps_per_epoch,
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                recipe=recipe,
+                strategy=args.strategy,
+                tpu=args.tpu,
+                aux_logits=args.aux_logits,
+                sync_bn=args.sync_bn,
+                mixed_precision=args.mixed_precision,
+                xla=args.xla,
+                width=args.width,
+                depths=args.depths,
+                seed=args.seed,
+                remat=not args.no_remat,
+            )
+
+    code = _run_command(args, work, args.epochs)
+    if code == 0:
+        print(f"wrote {os.path.join(args.output, 'final.keras')}")
+    return code
 
 
 def cmd_finetune(args) -> int:
     from keras_inception.finetune import finetune
 
-    summary = finetune(
-        args.data,
-        args.model,
-        weights=None if args.weights.lower() == "none" else args.weights,
-        output_dir=args.output,
-        epochs=args.epochs,
-        fine_tune_epochs=args.fine_tune_epochs,
-        unfreeze_from=args.unfreeze_from,
-        learning_rate=args.learning_rate,
-        fine_tune_learning_rate=args.fine_tune_learning_rate,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        validation_split=args.validation_split,
-        validation_dir=args.val_data,
-        seed=args.seed,
-        on_error=args.on_error,
-    )
-    print(
-        f"classes: {len(summary['classes'])}; images: {summary['train_images']} train, "
-        f"{summary['validation_images']} validation"
-    )
-    if summary["skipped_files"]:
-        print(f"skipped {len(summary['skipped_files'])} unreadable files: {summary['skipped_files'][:5]}")
-    best = os.path.join(args.output, "best.keras")
-    print(f"best validation top-1 {summary['best']:.2%} (epoch {summary['best_epoch'] + 1}); model: {best}")
-    return 0
+    summary = {}
+
+    def work():
+        summary.update(
+            finetune(
+                args.data,
+                args.model,
+                weights=None if args.weights.lower() == "none" else args.weights,
+                output_dir=args.output,
+                epochs=args.epochs,
+                fine_tune_epochs=args.fine_tune_epochs,
+                unfreeze_from=args.unfreeze_from,
+                learning_rate=args.learning_rate,
+                fine_tune_learning_rate=args.fine_tune_learning_rate,
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                validation_split=args.validation_split,
+                validation_dir=args.val_data,
+                seed=args.seed,
+                on_error=args.on_error,
+            )
+        )
+
+    code = _run_command(args, work, args.epochs + args.fine_tune_epochs)
+    if code == 0:
+        top5 = summary["history"].get("val_top5")
+        also = f", top-5 {top5[summary['best_epoch']]:.2%}" if top5 else ""
+        print(
+            f"best validation top-1 {summary['best']:.2%}{also} (epoch {summary['best_epoch'] + 1}); "
+            f"model: {summary['best_model']}"
+        )
+    return code
 
 
 def cmd_evaluate(args) -> int:

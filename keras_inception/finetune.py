@@ -4,14 +4,15 @@ The base is called with ``training=False``, so its BatchNormalization layers sta
 inference mode (ImageNet statistics used and kept) in both phases, and BatchNorm
 stays frozen when the top blocks are unfrozen. Both phases run in one
 :class:`~keras_inception.runs.Run`: ``best.keras`` is the best validation top-1 of the
-whole run, and a killed run resumes where it stopped, in either phase.
+whole run, and a killed run resumes where it stopped, in either phase. The run says
+what it will do on stderr (classes, images, phases, where it resumes) and each phase change.
 """
 
 from __future__ import annotations
 
 import keras
 
-from keras_inception import data, runs
+from keras_inception import data, runs, training
 from keras_inception.layers import SEPARATOR, ClassifierOutput, keras_name
 from keras_inception.models import get
 
@@ -99,63 +100,87 @@ def finetune(
         raise ValueError(f"epochs must be at least 1 (the new head must be trained first), got {epochs}")
     if fine_tune_epochs < 0:
         raise ValueError(f"fine_tune_epochs must be 0 or more, got {fine_tune_epochs}")
-    if validation_dir:
-        train_src = data.image_folder(data_dir, on_error)
-        val_src = data.image_folder(validation_dir, on_error, class_names=train_src.class_names)
-    else:
-        train_src, val_src = data.split_folder(data_dir, validation_split, seed, on_error)
-    settings = {
-        "data": data_dir,
-        "validation": validation_dir or validation_split,
-        "model": model_name,
-        "weights": str(weights),
-        "epochs": epochs,
-        "unfreeze_from": unfreeze_from,
-        "learning_rate": learning_rate,
-        "fine_tune_learning_rate": fine_tune_learning_rate,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "seed": seed,
-        "classes": train_src.class_names,
-        "model_kwargs": model_kwargs or {},
-    }
-    run = runs.Run(output_dir, settings, MONITOR)
-    keras.utils.set_random_seed(seed)
-    train = data.pipeline(train_src, batch_size, True, image_size, seed=seed, augment=augment)
-    val = data.pipeline(val_src, batch_size, False, image_size)
-    model, base = transfer_model(
-        model_name, train_src.class_names, weights, image_size, **(model_kwargs or {})
-    )
-
-    def compile_(rate: float) -> None:
-        metrics = [
-            keras.metrics.CategoricalAccuracy(name="top1"),
-            keras.metrics.TopKCategoricalAccuracy(min(5, train_src.num_classes), name="top5"),
-        ]
-        model.compile(optimizer=keras.optimizers.Adam(rate), loss="categorical_crossentropy", metrics=metrics)
-
-    compile_(learning_rate)
-    runs.fit(model, run, train, val, epochs, phase="head", verbose=verbose)
-    if fine_tune_epochs:
-        unfreeze(base, unfreeze_from)
-        compile_(fine_tune_learning_rate)
-        runs.fit(
-            model,
-            run,
-            train,
-            val,
-            epochs + fine_tune_epochs,
-            phase="fine-tune",
-            initial_epoch=epochs,
-            verbose=verbose,
+    with runs.locked_folder(output_dir):  # before the data are read: a second run is refused at once
+        if validation_dir:
+            train_src = data.image_folder(data_dir, on_error)
+            val_src = data.image_folder(validation_dir, on_error, class_names=train_src.class_names)
+        else:
+            train_src, val_src = data.split_folder(data_dir, validation_split, seed, on_error)
+        skipped = train_src.skipped + val_src.skipped
+        runs.say(verbose, runs.describe_classes(train_src.class_names))
+        runs.say(
+            verbose,
+            f"images: {train_src.num_examples} train, {val_src.num_examples} validation"
+            + (f"; {len(skipped)} unreadable files skipped: {', '.join(skipped[:3])}" if skipped else "")
+            + ("" if len(skipped) <= 3 else ", ..."),
         )
-    best_epoch, best = run.best
-    return {
-        "classes": train_src.class_names,
-        "train_images": train_src.num_examples,
-        "validation_images": val_src.num_examples,
-        "skipped_files": train_src.skipped + val_src.skipped,
-        "history": run.history,
-        "best_epoch": best_epoch,
-        "best": best,
-    }
+        total = epochs + fine_tune_epochs
+        head = f"phase 1: new head, frozen base, {_epochs(epochs)} at learning rate {learning_rate:g}"
+        tune = f"phase 2: unfreezing from {unfreeze_from}, {_epochs(fine_tune_epochs)} at learning rate"
+        runs.say(verbose, head + (f"; {tune} {fine_tune_learning_rate:g}" if fine_tune_epochs else ""))
+        settings = {
+            "data": data_dir,
+            "validation": validation_dir or validation_split,
+            "model": model_name,
+            "weights": str(weights),
+            "epochs": epochs,
+            "unfreeze_from": unfreeze_from,
+            "learning_rate": learning_rate,
+            "fine_tune_learning_rate": fine_tune_learning_rate,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "seed": seed,
+            "classes": train_src.class_names,
+            "model_kwargs": model_kwargs or {},
+        }
+        with runs.Run(output_dir, settings, MONITOR) as run:
+            runs.say(verbose, runs.resume_line(run, total, lambda e: f"phase {1 if e < epochs else 2}"))
+            keras.utils.set_random_seed(seed)
+            train = data.pipeline(train_src, batch_size, True, image_size, seed=seed, augment=augment)
+            val = data.pipeline(val_src, batch_size, False, image_size)
+            model, base = transfer_model(
+                model_name, train_src.class_names, weights, image_size, **(model_kwargs or {})
+            )
+
+            def compile_(rate: float) -> None:
+                metrics = training.metrics(1, train_src.num_classes)  # no top-5 of 5 classes or fewer
+                model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", metrics=metrics)
+
+            compile_(learning_rate)
+            runs.fit(model, run, train, val, epochs, phase="head", verbose=verbose, label="phase 1")
+            if fine_tune_epochs:
+                layers = unfreeze(base, unfreeze_from)
+                compile_(fine_tune_learning_rate)
+                if run.epoch < total:
+                    runs.say(
+                        verbose,
+                        f"phase 2: unfreezing from {unfreeze_from} ({layers} layers with weights), "
+                        f"{_epochs(fine_tune_epochs)} at learning rate {fine_tune_learning_rate:g}",
+                    )
+                runs.fit(
+                    model,
+                    run,
+                    train,
+                    val,
+                    total,
+                    phase="fine-tune",
+                    initial_epoch=epochs,
+                    verbose=verbose,
+                    label="phase 2",
+                    rate_setting="fine_tune_learning_rate",
+                )
+            best_epoch, best = run.best
+            return {
+                "classes": train_src.class_names,
+                "train_images": train_src.num_examples,
+                "validation_images": val_src.num_examples,
+                "skipped_files": skipped,
+                "history": run.history,
+                "best_epoch": best_epoch,
+                "best": best,
+                "best_model": run.path("best.keras"),
+            }
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"

@@ -17,7 +17,15 @@ instead, written after every epoch in this order, each file atomically:
 4. ``history.csv``, ``history.json`` and ``curves.png``, written from that history.
 
 A killed run is resumed by running it again into the same folder: ``run.json``
-must hold the same settings, so two different runs are never mixed.
+must hold the same settings, so two different runs are never mixed. While a run
+writes its folder, it holds an OS lock on ``.run.lock`` there (released by the OS when
+the process ends, however it ends): a second run into the folder is refused at once.
+
+A run never publishes a model whose loss or weights are not finite: :func:`fit` stops
+at the first non-finite loss (Keras's ``TerminateOnNaN``) or, at an epoch's end, at
+non-finite weights, before the epoch is recorded, and raises :class:`DivergedError`. The
+folder keeps the last good epoch; the setting of the learning rate that diverged is
+the one setting a rerun may change, and the run resumes from that epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 import keras
 
@@ -36,6 +45,151 @@ from keras_inception import files, reporting
 
 STATE = "state.json"
 SETTINGS = "run.json"
+LOCK = ".run.lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+
+class FolderInUseError(ValueError):
+    """Another process holds the run folder's lock."""
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights stopped being finite; the run's folder was left as it was.
+
+    ``setting`` names the learning rate that diverged (``"learning_rate"``,
+    ``"fine_tune_learning_rate"``, ``"recipe.learning_rate"``): the one setting a rerun
+    may change. ``str()`` is the whole message; :meth:`message` names the option to lower.
+    """
+
+    def __init__(self, what: str, setting: str, resume_epoch: int):
+        self.what, self.setting, self.resume_epoch = what, setting, resume_epoch
+        super().__init__(self.message(setting.split(".")[-1]))
+
+    def message(self, option: str) -> str:
+        resume = f"the run resumes from epoch {self.resume_epoch}"
+        return f"stopped: {self.what}. Lower {option} and rerun: {resume}."
+
+
+def say(verbose, message: str | None) -> None:
+    """One line of what a run does, on stderr (nothing when ``verbose`` is 0 or there is no line)."""
+    if verbose and message:
+        print(message, file=sys.stderr, flush=True)
+
+
+def describe_classes(names: list[str], shown: int = 5) -> str:
+    """``"3 classes: blue, green, red"``; the first ``shown`` names of more."""
+    more = ", ..." if len(names) > shown else ""
+    return f"{len(names)} classes: {', '.join(names[:shown])}{more}"
+
+
+def resume_line(run: Run, total: int, phase: Callable[[int], str] | None = None) -> str | None:
+    """Where ``run`` continues, of ``total`` epochs (``phase(epoch)`` names the phase), or None
+    for a new run."""
+    adjusted = ""
+    if run.adjusted:
+        setting, old, new = run.adjusted
+        adjusted = f" with {setting} {new:g} ({old:g} diverged)"
+    if run.epoch >= total:
+        return f"{run.directory} holds this run complete ({total} of {total} epochs): nothing to train"
+    if run.epoch == 0:
+        return f"starting again from epoch 1{adjusted}" if adjusted else None
+    where = f" ({phase(run.epoch)})" if phase else ""
+    return f"resuming from epoch {run.epoch + 1} of {total}{where}{adjusted}"
+
+
+_held: dict[str, list] = {}  # real path of a locked folder -> [lock file, holders in this process]
+
+
+def _holder(lock) -> str:
+    """``"process 1234 (keras-inception finetune ...)"``, as the holder wrote it."""
+    with contextlib.suppress(OSError, ValueError):
+        lock.seek(1)
+        pid, _, command = lock.read().strip().partition(" ")
+        if pid.isdigit():
+            return f"process {pid}" + (f" ({command})" if command else "")
+    return "another process"
+
+
+def acquire_folder(directory: str) -> None:
+    """Hold the OS lock of run folder ``directory`` (created if missing); re-entrant in one process.
+
+    Raises :class:`FolderInUseError`, naming the holder, when another process holds it, and
+    ``ValueError`` when ``directory`` holds files but no run (it is then left untouched).
+    """
+    key = os.path.realpath(directory)
+    if key in _held:
+        _held[key][1] += 1
+        return
+    unknown = os.path.isdir(directory) and [f for f in os.listdir(directory) if not f.startswith(".")]
+    if unknown and not os.path.exists(os.path.join(directory, SETTINGS)):
+        raise ValueError(f"{directory} is not empty and holds no training run: choose another output folder")
+    os.makedirs(directory, exist_ok=True)
+    lock = open(os.path.join(directory, LOCK), "a+")  # noqa: SIM115 (open while the lock is held)
+    try:
+        if fcntl:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            lock.seek(0)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        holder = _holder(lock)
+        lock.close()
+        raise FolderInUseError(
+            f"run folder {directory} is in use by {holder}; "
+            "wait for it to end or choose another output folder"
+        ) from None
+    command = " ".join([os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]])
+    lock.seek(1)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {command}\n")  # byte 0 is the one Windows locks
+    lock.flush()
+    _held[key] = [lock, 1]
+
+
+def release_folder(directory: str) -> None:
+    """Undo one :func:`acquire_folder`; the last one releases the OS lock."""
+    key = os.path.realpath(directory)
+    entry = _held.get(key)
+    if not entry:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held[key]
+        entry[0].close()  # closing releases the lock (and so does the process ending)
+
+
+@contextlib.contextmanager
+def locked_folder(directory: str) -> Iterator[None]:
+    """Within: this process holds run folder ``directory`` (see :func:`acquire_folder`)."""
+    acquire_folder(directory)
+    try:
+        yield
+    finally:
+        release_folder(directory)
+
+
+def finished_epochs(directory: str) -> int:
+    """Epochs the run in ``directory`` has recorded (0 when none)."""
+    with contextlib.suppress(OSError, ValueError, KeyError), open(os.path.join(directory, STATE)) as f:
+        return int(json.load(f)["epoch"])
+    return 0
+
+
+def _changes(recorded: dict, settings: dict, prefix: str = "") -> dict[str, tuple]:
+    """``{"key" or "key.sub": (recorded, now)}`` for the settings that differ."""
+    changed = {}
+    for key, value in settings.items():
+        old = recorded.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            changed.update(_changes(old, value, f"{prefix}{key}."))
+        elif old != value:
+            changed[prefix + key] = (old, value)
+    return changed
 
 
 def swap_averages(model: keras.Model) -> None:
@@ -71,33 +225,56 @@ def save_model(model: keras.Model, path: str) -> str:
 class Run:
     """The output folder of one training run (see the module docstring).
 
-    Raises ``ValueError`` when ``directory`` holds something else: files that are not
-    a run's, or a run with other ``settings``.
+    Holds the folder's lock until :meth:`close` (or the end of a ``with`` block, or of
+    the process). Raises :class:`FolderInUseError` when another process holds it, and
+    ``ValueError`` when ``directory`` holds something else: files that are not a run's,
+    or a run with other ``settings`` (after a divergence, its learning rate may differ:
+    ``adjusted`` then says how).
     """
 
     def __init__(self, directory: str, settings: dict, monitor: str, mode: str = "max"):
         self.directory = directory
         self.monitor, self.mode = monitor, mode
-        settings = json.loads(json.dumps(settings))  # as it will read back
-        path = os.path.join(directory, SETTINGS)
+        self.adjusted: tuple[str, object, object] | None = None  # (setting, old, new) after a divergence
+        acquire_folder(directory)
+        self._locked = True
+        try:
+            self._open(json.loads(json.dumps(settings)), os.path.join(directory, SETTINGS))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, settings: dict, path: str) -> None:
+        self.state = self._read_state()
         if os.path.exists(path):
             with open(path) as f:
                 recorded = json.load(f)
-            changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
-            if changed:
+            changed = _changes(recorded, settings)
+            diverged = (self.state.get("diverged") or {}).get("setting")
+            if changed and list(changed) == [diverged]:
+                self.adjusted = (diverged, *changed[diverged])
+                files.write_bytes(path, json.dumps(settings, indent=1).encode())
+            elif changed:
                 diff = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
                 raise ValueError(
-                    f"{directory} holds another run ({diff}): rerun it with its settings to resume it, "
+                    f"{self.directory} holds another run ({diff}): rerun it with its settings to resume it, "
                     "or choose another output folder"
                 )
-        elif os.path.isdir(directory) and [f for f in os.listdir(directory) if not f.startswith(".")]:
-            raise ValueError(
-                f"{directory} is not empty and holds no training run: choose another output folder"
-            )
         else:
             files.write_bytes(path, json.dumps(settings, indent=1).encode())
-        self.state = self._read_state()
         self._publish()
+
+    def close(self) -> None:
+        """Release the folder's lock (the process ending releases it too)."""
+        if getattr(self, "_locked", False):
+            self._locked = False
+            release_folder(self.directory)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------ paths and state
 
@@ -145,7 +322,11 @@ class Run:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         skip = [] if self.state["phase"] == phase else [model.optimizer]
+        rate = model.optimizer.learning_rate
+        rate = float(rate.numpy()) if isinstance(rate, keras.Variable) else None
         model.load_weights(self.path(self.state["weights"]), objects_to_skip=skip)
+        if rate is not None:  # this run's rate, not the saved one (it differs after a divergence)
+            model.optimizer.learning_rate = rate
         return self.epoch
 
     def _improved(self, value: float) -> bool:
@@ -160,6 +341,7 @@ class Run:
             raise ValueError(f"cannot keep the best model: no {self.monitor!r} in {sorted(logs)}")
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
         state = dict(self.state, history=[*self.state["history"], row], epoch=epoch + 1, phase=phase)
+        state.pop("diverged", None)
         if self._improved(row[self.monitor]):
             state.update(best=row[self.monitor], best_epoch=epoch, best_file=f"best-{epoch + 1:05d}.keras")
             with averaged_weights(model):
@@ -171,6 +353,12 @@ class Run:
         self.state = state
         self._publish()
         self.write_history()
+
+    def record_divergence(self, setting: str) -> None:
+        """Note in the state that learning rate ``setting`` diverged after the last finished epoch:
+        a rerun may change that setting (and only it) and resume from there."""
+        self.state = dict(self.state, diverged={"after_epoch": self.epoch, "setting": setting})
+        files.write_bytes(self.path(STATE), json.dumps(self.state, indent=1).encode())
 
     def _publish(self) -> None:
         """Rename the committed best model to ``best.keras``; remove what no state refers to."""
@@ -231,6 +419,53 @@ class RunCallback(keras.callbacks.Callback):
         self.run.end_epoch(self.model, epoch, logs or {}, self.phase)
 
 
+class NonFiniteGuard(keras.callbacks.TerminateOnNaN):
+    """Stops a run at the first non-finite loss (after each batch, as ``TerminateOnNaN``) or
+    non-finite weights or averages (at each epoch's end, before :class:`RunCallback` records
+    it): notes the divergence in the run's state and raises :class:`DivergedError`."""
+
+    def __init__(self, run: Run, epochs: int, setting: str, label: str | None = None):
+        super().__init__(raise_error=True)
+        self.run, self.epochs, self.setting, self.label = run, epochs, setting, label
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        try:
+            super().on_batch_end(batch, logs)
+        except RuntimeError:
+            self._stop(f"loss became {float(logs['loss'])}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        variables = [*self.model.weights, *getattr(optimizer, "averages", [])]
+        bad = [
+            v.path
+            for v in variables
+            if "float" in str(v.dtype) and not bool(keras.ops.all(keras.ops.isfinite(v.value)))
+        ]
+        if bad:
+            self._stop(f"weights became nan or inf ({bad[0]}{', ...' if len(bad) > 1 else ''})")
+        for key, value in (logs or {}).items():
+            if key.endswith("loss") and not math.isfinite(float(value)):
+                self._stop(f"{key} became {float(value)}")
+
+    def _stop(self, what: str) -> None:
+        rate = f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):g}"
+        where = ", ".join([*([self.label] if self.label else []), f"learning rate {rate}"])
+        best_epoch, best = self.run.best
+        kept = (
+            f"best.keras is unchanged (epoch {best_epoch + 1}, {self.run.monitor} {best:.4g})"
+            if best is not None
+            else "no best.keras was written"
+        )
+        self.run.record_divergence(self.setting)
+        what = f"{what} in epoch {self.epoch + 1} of {self.epochs} ({where}); {kept}"
+        raise DivergedError(what, self.setting, self.run.epoch + 1)
+
+
 def fit(
     model: keras.Model,
     run: Run,
@@ -243,10 +478,18 @@ def fit(
     steps_per_epoch: int | None = None,
     callbacks: list | None = None,
     verbose: int | str = "auto",
+    label: str | None = None,
+    rate_setting: str = "learning_rate",
 ) -> dict[str, list]:
-    """``model.fit`` up to ``epochs`` within ``run``, resuming where it stopped; the history."""
+    """``model.fit`` up to ``epochs`` within ``run``, resuming where it stopped; the history.
+
+    Raises :class:`DivergedError` at the first non-finite loss or weights (see
+    :class:`NonFiniteGuard`); ``label`` (e.g. ``"phase 2"``) and ``rate_setting`` (the
+    setting of this learning rate) are for its message.
+    """
     start = run.restore(model, phase) if run.epoch > initial_epoch else initial_epoch
     if start < epochs:
+        guard = NonFiniteGuard(run, epochs, rate_setting, label)
         model.fit(
             train_data,
             validation_data=validation_data,
@@ -254,7 +497,7 @@ def fit(
             initial_epoch=start,
             steps_per_epoch=steps_per_epoch,
             shuffle=False,  # tf.data pipelines shuffle themselves
-            callbacks=[RunCallback(run, phase), *(callbacks or [])],
+            callbacks=[guard, RunCallback(run, phase), *(callbacks or [])],
             verbose=verbose,
         )
     return run.history

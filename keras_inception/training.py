@@ -239,7 +239,8 @@ def train(
     is the best validation (or training) top-1 with the averaged weights;
     ``final.keras`` holds the averaged weights, and so does the returned model.
     ``settings`` identify the run (default: the model's name and the recipe). ``remat``:
-    as :func:`compile_model`'s.
+    as :func:`compile_model`'s. Stops with :class:`~keras_inception.runs.DivergedError`
+    at the first non-finite loss or weights, ``best.keras`` and the state left as they were.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -249,22 +250,23 @@ def train(
         model = build_model()
         compile_model(model, recipe, steps_per_epoch, jit_compile, l2_biases, remat=remat)
     settings = settings or {"model": model.name, "recipe": dataclasses.asdict(recipe)}
-    run = runs.Run(
-        output_dir, {**settings, "steps_per_epoch": steps_per_epoch}, _monitor(model, bool(validation_data))
-    )
-    tensorboard = keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"))
-    runs.fit(
-        model,
-        run,
-        train_data,
-        validation_data,
-        epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=[tensorboard, *(extra_callbacks or [])],
-        verbose=verbose,
-    )
-    runs.swap_averages(model)  # from here on the model is the averaged one
-    runs.save_model(model, os.path.join(output_dir, "final.keras"))
+    settings = {**settings, "steps_per_epoch": steps_per_epoch}
+    with runs.Run(output_dir, settings, _monitor(model, bool(validation_data))) as run:
+        runs.say(verbose, runs.resume_line(run, epochs))
+        tensorboard = keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"))
+        runs.fit(
+            model,
+            run,
+            train_data,
+            validation_data,
+            epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[tensorboard, *(extra_callbacks or [])],
+            verbose=verbose,
+            rate_setting="recipe.learning_rate",
+        )
+        runs.swap_averages(model)  # from here on the model is the averaged one
+        runs.save_model(model, os.path.join(output_dir, "final.keras"))
     return model
 
 
@@ -289,6 +291,7 @@ def train_network(
     depths=None,
     seed: int = 0,
     remat: bool = True,
+    verbose: int | str = "auto",
 ) -> keras.Model:
     """Train ``model_name`` from scratch on ``source`` (a :class:`data.Source`) with ``recipe``.
 
@@ -297,6 +300,7 @@ def train_network(
     with :func:`train`. Writes ``final.keras`` into ``output_dir`` (and with ``train``
     the resume state, ``best.keras`` and the history). ``remat``: recompute the stem in
     the backward pass (:func:`compile_model`'s default), or keep all its activations.
+    Says on stderr what it will train (unless ``verbose`` is 0).
     """
     from keras_inception import data
     from keras_inception.models import get
@@ -341,6 +345,15 @@ def train_network(
             seed=seed,
         )
 
+    images = f"{source.num_examples} training images" if source.num_examples else "training images uncounted"
+    if validation is not None:
+        images += f", {validation.num_examples or 'uncounted'} validation"
+    runs.say(verbose, f"{runs.describe_classes(source.class_names)}; {images}")
+    runs.say(
+        verbose,
+        f"training {model_name} from scratch: {epochs} epoch{'s' if epochs > 1 else ''} of {steps} steps "
+        f"(batch {batch_size}) at learning rate {recipe.learning_rate:g}",
+    )
     keras.utils.set_random_seed(seed)
     distribution = get_strategy(strategy, tpu)
     settings = {
@@ -370,6 +383,7 @@ def train_network(
             settings=settings,
             l2_biases=l2_biases,
             remat=remat,
+            verbose=verbose,
         )
 
     def dataset_fn(context: tf.distribute.InputContext):

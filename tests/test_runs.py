@@ -188,3 +188,109 @@ def test_a_kill_between_commit_and_rename_never_leaves_a_wrong_best_model(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("best-", "state-"))) == [
         "state-00002.weights.h5"
     ]
+
+
+def _linear(rate: float) -> keras.Model:
+    """A softmax regression: 1e38 overflows it to inf in one step."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(rate), "categorical_crossentropy", metrics=training.metrics(1, 3))
+    return model
+
+
+def _vectors() -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+def test_a_diverging_run_stops_and_leaves_best_model_and_state_as_they_were(tmp_path):
+    out = str(tmp_path)
+    settings = {"learning_rate": 0.1, "fine_tune_learning_rate": 1e38}
+    with runs.Run(out, settings, "val_top1") as run:
+        runs.fit(_linear(0.1), run, _vectors(), _vectors(), 1, phase="head", verbose=0)
+    best = (tmp_path / "best.keras").read_bytes()
+    state = json.loads((tmp_path / "state.json").read_text())
+    phase_2 = {"phase": "fine-tune", "initial_epoch": 1, "label": "phase 2"}
+    phase_2["rate_setting"] = "fine_tune_learning_rate"
+    with runs.Run(out, settings, "val_top1") as run, pytest.raises(runs.DivergedError) as caught:
+        runs.fit(_linear(1e38), run, _vectors(), _vectors(), 3, verbose=0, **phase_2)
+    assert str(caught.value) == (
+        "stopped: loss became inf in epoch 2 of 3 (phase 2, learning rate 1e+38); best.keras is unchanged "
+        f"(epoch 1, val_top1 {state['best']:.4g}). Lower fine_tune_learning_rate and rerun: "
+        "the run resumes from epoch 2."
+    )
+    assert caught.value.message("--fine-tune-learning-rate").endswith(
+        "Lower --fine-tune-learning-rate and rerun: the run resumes from epoch 2."
+    )
+    assert (tmp_path / "best.keras").read_bytes() == best
+    after = json.loads((tmp_path / "state.json").read_text())
+    assert after.pop("diverged") == {"after_epoch": 1, "setting": "fine_tune_learning_rate"}
+    assert after == state  # the diverged epoch is not recorded
+    with pytest.raises(ValueError, match=r"holds another run \(learning_rate: 0.1 there, 0.2 now\)"):
+        runs.Run(out, {**settings, "learning_rate": 0.2}, "val_top1")  # only the diverged rate may change
+    with runs.Run(out, {**settings, "fine_tune_learning_rate": 0.05}, "val_top1") as run:
+        assert runs.resume_line(run, 3, lambda epoch: "phase 2") == (
+            "resuming from epoch 2 of 3 (phase 2) with fine_tune_learning_rate 0.05 (1e+38 diverged)"
+        )
+        model = _linear(0.05)
+        runs.fit(model, run, _vectors(), _vectors(), 3, verbose=0, **phase_2)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)  # not the saved state's rate
+    final = json.loads((tmp_path / "state.json").read_text())
+    assert final["epoch"] == 3 and "diverged" not in final
+    assert json.loads((tmp_path / "run.json").read_text())["fine_tune_learning_rate"] == 0.05
+
+
+class PoisonStatistics(keras.callbacks.Callback):
+    """A NaN moving mean: training steps (batch statistics) stay finite, inference predicts nan."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.get_layer("bn").moving_mean.assign(np.full(4, np.nan, "float32"))
+
+
+def test_non_finite_weights_stop_a_run_whose_loss_is_finite(tmp_path):
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, activation="softmax")]
+    model = keras.Sequential([keras.Input((4,)), *layers], name="net")
+    model.compile("sgd", "categorical_crossentropy", metrics=training.metrics(1, 3))
+    with runs.Run(str(tmp_path), {"job": 1}, "val_top1") as run, pytest.raises(runs.DivergedError) as caught:
+        runs.fit(model, run, _vectors(), _vectors(), 2, callbacks=[PoisonStatistics()], verbose=0)
+    assert str(caught.value) == (
+        "stopped: weights became nan or inf (net/bn/moving_mean) in epoch 1 of 2 (learning rate 0.01); "
+        "no best.keras was written. Lower learning_rate and rerun: the run resumes from epoch 1."
+    )
+    assert not (tmp_path / "best.keras").exists() and runs.finished_epochs(str(tmp_path)) == 0
+
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from keras_inception import runs
+runs.acquire_folder(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_is_refused_while_another_process_writes_the_folder(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER.format(root=os.path.dirname(HERE)))
+    out = str(tmp_path / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    holder = subprocess.Popen([sys.executable, str(script), out], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(runs.FolderInUseError) as caught:
+            runs.Run(out, {"job": 1}, "val_top1")
+        assert str(caught.value) == (
+            f"run folder {out} is in use by process {holder.pid} (holder.py {out}); "
+            "wait for it to end or choose another output folder"
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed: the OS releases its lock
+        holder.wait()
+    with runs.Run(out, {"job": 1}, "val_top1") as run:
+        assert run.epoch == 0
+        with open(os.path.join(out, runs.LOCK)) as f:
+            assert f.read()[1:].startswith(f"{os.getpid()} ")  # the holder now named in the lock file

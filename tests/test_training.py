@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, data, evaluation, export, finetune, preprocessing, remat, training
+from keras_inception import cli, data, evaluation, export, finetune, preprocessing, remat, runs, training
 
 HERE = os.path.dirname(__file__)
 CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")
@@ -287,7 +288,7 @@ def test_transfer_model_keeps_batchnorm_in_inference_mode():
         finetune.unfreeze(base, "Mixed_9a")
 
 
-def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
+def test_cli_finetune_on_a_folder_talks_and_resumes(folder, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "ft")
     args = [
         "finetune",
@@ -312,21 +313,73 @@ def test_cli_finetune_on_a_folder(folder, tmp_path, capsys):
     ]
     assert cli.main([*args[:-2], "--epochs", "0"]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
+    end_epoch = runs.Run.end_epoch
+
+    def ctrl_c_after_the_first_epoch(run, *args):
+        end_epoch(run, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.Run, "end_epoch", ctrl_c_after_the_first_epoch)
+    assert cli.main(args) == 130
+    printed, said = capsys.readouterr()
+    assert printed == ""  # progress and the story go to stderr
+    lines = said.splitlines()
+    assert lines[0] == "2 classes: blue, red"
+    assert lines[1].startswith("images: 14 train, 4 validation; 2 unreadable files skipped: ")
+    assert lines[2] == (
+        "phase 1: new head, frozen base, 1 epoch at learning rate 0.001; "
+        "phase 2: unfreezing from Mixed_7a, 1 epoch at learning rate 0.0001"
+    )
+    assert lines[-1] == (
+        f"interrupted: 1 of 2 epochs are saved in {out}; rerun the same command to resume from epoch 2"
+    )
+    assert "Traceback" not in said
+    monkeypatch.setattr(runs.Run, "end_epoch", end_epoch)
     assert cli.main(args) == 0
-    printed = capsys.readouterr().out
-    assert "images: 14 train, 4 validation" in printed
-    assert "skipped 2 unreadable files" in printed
+    printed, said = capsys.readouterr()
+    assert "resuming from epoch 2 of 2 (phase 2)" in said.splitlines()
+    assert re.search(
+        r"^phase 2: unfreezing from Mixed_7a \(\d+ layers with weights\), 1 epoch at learning rate 0.0001$",
+        said,
+        re.M,
+    )
     for name in ("best.keras", "history.csv", "history.json", "curves.png"):
         assert os.path.exists(os.path.join(out, name)), name
     with open(os.path.join(out, "history.json")) as f:
         summary = json.load(f)
     assert len(summary["history"]["val_top1"]) == 2  # one frozen epoch, one fine-tuning epoch
+    assert "val_top5" not in summary["history"]  # 2 classes: top-5 means nothing
     assert summary["best"] == max(summary["history"]["val_top1"])
-    best = keras.saving.load_model(os.path.join(out, "best.keras"))
-    assert export.class_names(best) == ["blue", "red"]  # the class names travel with the model
+    best_epoch = summary["history"]["val_top1"].index(summary["best"]) + 1
+    best = os.path.join(out, "best.keras")
+    assert printed == f"best validation top-1 {summary['best']:.2%} (epoch {best_epoch}); model: {best}\n"
+    model = keras.saving.load_model(best)
+    assert export.class_names(model) == ["blue", "red"]  # the class names travel with the model
     photo = str(folder / "red" / "0.jpg")
-    assert cli.main(["predict", photo, "--model", os.path.join(out, "best.keras"), "--top", "2"]) == 0
+    assert cli.main(["predict", photo, "--model", best, "--top", "2"]) == 0
     assert sorted(line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]) == ["blue", "red"]
+
+
+@pytest.mark.parametrize(
+    ("command", "function", "setting", "option"),
+    [
+        ("finetune", (finetune, "finetune"), "fine_tune_learning_rate", "--fine-tune-learning-rate"),
+        ("train", (training, "train_network"), "recipe.learning_rate", "--learning-rate"),
+    ],
+)
+def test_cli_says_a_diverged_run_in_one_line_and_fails(
+    folder, tmp_path, capsys, monkeypatch, command, function, setting, option
+):
+    what = "loss became nan in epoch 2 of 3 (phase 2, learning rate 1000); best.keras is unchanged (epoch 1)"
+
+    def diverge(*args, **kwargs):
+        raise runs.DivergedError(what, setting, 2)
+
+    monkeypatch.setattr(*function, diverge)
+    assert cli.main([command, "--data", str(folder), "--output", str(tmp_path / "out")]) == 1
+    printed, said = capsys.readouterr()
+    assert printed == ""
+    assert said == f"\nstopped: {what}. Lower {option} and rerun: the run resumes from epoch 2.\n"
 
 
 def _cifar_folder(root, classes: list[str], per_class: int):
@@ -512,7 +565,12 @@ def test_cli_train_writes_a_model_of_the_data_and_its_history(folder, tmp_path, 
         == 0
     )
     assert recomputed == []
-    assert f"wrote {os.path.join(out, 'final.keras')}" in capsys.readouterr().out
+    printed, said = capsys.readouterr()
+    assert printed == f"wrote {os.path.join(out, 'final.keras')}\n"
+    assert said.splitlines()[:2] == [
+        "2 classes: blue, red; 18 training images",
+        "training inception_resnet_v1 from scratch: 1 epoch of 4 steps (batch 4) at learning rate 0.045",
+    ]
     model = keras.saving.load_model(os.path.join(out, "final.keras"))
     assert model.output_shape == (None, 2) and model.input_shape == (
         None,
