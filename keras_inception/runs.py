@@ -62,8 +62,9 @@ def save_model(model: keras.Model, path: str) -> str:
     """``model``'s layers and weights as a ``.keras`` file, atomically, without its training
     state (optimizer and its averages live in the run's state): it loads without warnings."""
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    with files.atomic_path(path) as staged:
+    weights = model.get_weights()
+    copy.set_weights(weights)
+    with files.atomic_path(path, size=sum(w.nbytes for w in weights)) as staged:  # full disk: one line
         copy.save(staged)
     return path
 
