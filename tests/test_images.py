@@ -181,6 +181,24 @@ def test_image_folder_nested_odd_names_and_bad_layouts(tmp_path):
         data.image_folder(str(only))
 
 
+def test_non_utf8_class_folder_is_refused_at_loading(tmp_path):
+    """Every export format stores class names as UTF-8: a folder whose name is not is refused
+    before training, naming it (escaped) and what to do."""
+    _class_folder(tmp_path, "a", 2)
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    Image.fromarray(_pixels(20, 24)).save(os.path.join(os.fsencode(tmp_path), b"caf\xe9", b"0.png"))
+    message = (
+        f"class folder 'caf\\xe9' of {tmp_path} is not valid UTF-8, which exported models cannot store "
+        "as a class name; rename it"
+    )
+    for load in (data.image_folder, lambda d: data.split_folder(d, 0.5), data.open_source):
+        with pytest.raises(ValueError) as caught:
+            load(str(tmp_path))
+        assert str(caught.value) == message
+    os.rename(os.path.join(os.fsencode(tmp_path), b"caf\xe9"), tmp_path / "café")  # renamed: accepted
+    assert data.image_folder(str(tmp_path)).class_names == ["a", "café"]
+
+
 # ---------------------------------------------------------------- 2-3. serving
 
 
