@@ -19,6 +19,7 @@ from keras_inception.imagenet import preprocess_input
 EVAL_CENTRAL_FRACTION = registry.EVAL_CROP_FRACTION
 MAX_PIXELS = 50_000_000  # images larger than this (width x height) are refused before decoding
 MAX_PIXELS_ENV = "KERAS_INCEPTION_MAX_PIXELS"
+RAISE_LIMIT = f"raise it with {MAX_PIXELS_ENV} or max_pixels="
 
 
 def to_signed_unit(x: tf.Tensor) -> tf.Tensor:
@@ -57,9 +58,59 @@ def _header_ints(data: tf.Tensor, offset: int, dtype: tf.DType, little_endian: b
     )
 
 
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def gif_extent(data: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` (int64) that a GIF's frames reach: the largest ``top + height`` and
+    ``left + width`` of its image descriptors, read by walking the blocks without decoding.
+
+    The logical screen (in the header) may be 1x1 while a frame is 20000x20000, and the
+    decoder allocates the frames, so the pixel limit must read them. One step per block or
+    255-byte data sub-block: the walk costs a fraction of the file's size.
+    """
+    raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+    size = tf.size(raw, out_type=tf.int64)
+    zero = tf.constant(0, tf.int64)
+
+    def byte(i):  # 0 past the end
+        i = tf.convert_to_tensor(i, tf.int64)
+        return tf.where(i < size, tf.gather(raw, tf.clip_by_value(i, zero, size - 1)), zero)
+
+    def u16(i):  # little-endian
+        return byte(i) + 256 * byte(i + 1)
+
+    def table(flags):  # a colour table follows when bit 7 is set: 3 * 2^(N+1) bytes
+        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), zero)
+
+    def step(pos, in_blocks, done, height, width):
+        block = byte(pos)  # in data sub-blocks: their length, 0 ending them
+        marker = block  # between blocks: 0x21 extension, 0x2C image descriptor, else the end
+        extension, image = tf.equal(marker, 0x21), tf.equal(marker, 0x2C)
+        top_next = tf.where(extension, pos + 2, pos + 11 + table(byte(pos + 9)))
+        next_pos = tf.where(in_blocks, pos + 1 + block, top_next)
+        next_in = tf.where(in_blocks, block > 0, extension | image)
+        found = ~in_blocks & image
+        height = tf.where(found, tf.maximum(height, u16(pos + 3) + u16(pos + 7)), height)
+        width = tf.where(found, tf.maximum(width, u16(pos + 1) + u16(pos + 5)), width)
+        return next_pos, next_in, ~in_blocks & ~(extension | image), height, width
+
+    start = 13 + table(byte(10))  # after the header, the logical screen and its colour table
+    _, _, _, height, width = tf.while_loop(
+        lambda pos, in_blocks, done, *_: ~done & (pos < size),
+        step,
+        (start, tf.constant(False), tf.constant(False), zero, zero),
+        maximum_iterations=tf.size(raw),  # each step moves forward: a bound, never reached
+    )
+    return tf.stack([height, width])
+
+
 def encoded_shape(data: tf.Tensor) -> tf.Tensor:
     """``[height, width]`` (int64) of encoded JPEG / PNG / GIF / BMP bytes, read from the
-    header without decoding; ``[0, 0]`` for other data (left to the decoder to refuse)."""
+    headers without decoding; ``[0, 0]`` for other data (left to the decoder to refuse).
+
+    The real sizes the decoder allocates: a JPEG's SOF (libjpeg's own header read), a PNG's
+    IHDR (APNG frames must lie within it, and TensorFlow decodes only the default image), a
+    BMP's info header (as TensorFlow reads it), a GIF's logical screen or its largest frame
+    (:func:`gif_extent`), whichever is larger."""
     kind = image_format(data)
 
     def jpeg():
@@ -68,8 +119,9 @@ def encoded_shape(data: tf.Tensor) -> tf.Tensor:
     def png():  # IHDR: big-endian width, height at byte 16
         return tf.reverse(_header_ints(data, 16, tf.int32, little_endian=False), [0])
 
-    def gif():  # logical screen: little-endian uint16 width, height at byte 6
-        return tf.reverse(_header_ints(data, 6, tf.uint16, little_endian=True), [0])
+    def gif():  # logical screen: little-endian uint16 width, height at byte 6; then every frame
+        screen = tf.reverse(_header_ints(data, 6, tf.uint16, little_endian=True), [0])
+        return tf.maximum(screen, gif_extent(data))
 
     def bmp():  # BITMAPINFOHEADER: little-endian int32 width, height (negative: top-down) at byte 18
         return tf.abs(tf.reverse(_header_ints(data, 18, tf.int32, little_endian=True), [0]))
@@ -90,7 +142,7 @@ def check_pixels(data: tf.Tensor, limit: int | None = None) -> tf.Tensor:
         height * width <= limit,
         [
             tf.strings.format(
-                "image of {}x{} pixels exceeds the limit of {} pixels (" + MAX_PIXELS_ENV + ")",
+                "image of {}x{} pixels exceeds the limit of {} pixels (" + RAISE_LIMIT + ")",
                 (width, height, limit),
             )
         ],
@@ -158,7 +210,12 @@ def _header_problem(data: tf.Tensor, limit: int) -> str | None:
         return "not an image (unknown format)"
     height, width = (int(v) for v in encoded_shape(data))
     if height * width > limit:
-        return f"{width}x{height} pixels exceeds the limit of {limit} pixels ({MAX_PIXELS_ENV})"
+        what = f"{width}x{height} pixels"
+        if image_format(data).numpy() == b"gif":
+            screen = _header_ints(data, 6, tf.uint16, little_endian=True).numpy()
+            if (screen[1], screen[0]) != (height, width):
+                what = f"a GIF frame reaching {what} (its screen is {screen[0]}x{screen[1]})"
+        return f"{what} exceeds the limit of {limit} pixels ({RAISE_LIMIT})"
     return None
 
 

@@ -83,8 +83,54 @@ def test_default_limit_refuses_a_huge_header_before_decoding(fmt, tmp_path):
         preprocessing.load_image(str(path))
     assert str(caught.value) == (
         f"cannot read image {path}: 12000x12000 pixels exceeds the limit of 50000000 pixels "
-        "(KERAS_INCEPTION_MAX_PIXELS)"
+        "(raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
     )
+
+
+def _gif(screen: tuple[int, int], frames: list[tuple[int, int, int, int]]) -> bytes:
+    """A GIF built by hand: a ``screen`` (width, height) with a two-colour table, and one image
+    descriptor per ``(left, top, width, height)`` frame, each with a minimal LZW payload
+    (clear code, end code) and a graphic control extension before it."""
+    out = b"GIF89a" + screen[0].to_bytes(2, "little") + screen[1].to_bytes(2, "little") + b"\x80\x00\x00"
+    out += bytes(6)  # the colour table: black, black
+    for left, top, width, height in frames:
+        out += b"\x21\xf9\x04\x00\x00\x00\x00\x00"  # graphic control extension: one sub-block
+        out += b"\x2c" + b"".join(v.to_bytes(2, "little") for v in (left, top, width, height)) + b"\x00"
+        out += b"\x02\x01\x2c\x00"  # LZW minimum code size 2; one sub-block: clear (4), end (5)
+    return out + b"\x3b"
+
+
+def test_gif_frame_larger_than_its_screen_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "frame.gif"
+    path.write_bytes(_gif((1, 1), [(0, 0, 1, 1), (0, 0, 20000, 20000)]))
+    assert path.stat().st_size < 100
+    np.testing.assert_array_equal(preprocessing.encoded_shape(path.read_bytes()), [20000, 20000])
+
+    def decode(data):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(preprocessing, "decode_image", decode)
+    with pytest.raises(ValueError) as caught:
+        preprocessing.load_image(str(path))
+    assert str(caught.value) == (
+        f"cannot read image {path}: a GIF frame reaching 20000x20000 pixels (its screen is 1x1) exceeds "
+        "the limit of 50000000 pixels (raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
+    )
+    in_graph = tf.data.Dataset.from_tensors(path.read_bytes()).map(preprocessing.check_pixels)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 20000x20000 pixels exceeds the limit"):
+        next(iter(in_graph))
+    offset = _gif((8, 8), [(0, 0, 8, 8), (9000, 0, 100, 100)])  # a frame placed far off its screen
+    np.testing.assert_array_equal(preprocessing.encoded_shape(offset), [100, 9100])
+
+
+def test_gif_extent_of_real_animations():
+    frames = [Image.fromarray(_pixels(30, 50, seed)) for seed in range(3)]
+    frames[2] = frames[1].copy()
+    frames[2].paste((255, 0, 0), (10, 5, 20, 12))  # Pillow stores only the changed box
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    np.testing.assert_array_equal(preprocessing.gif_extent(out.getvalue()), [30, 50])
+    np.testing.assert_array_equal(preprocessing.encoded_shape(out.getvalue()), [30, 50])
 
 
 def test_pixel_limit_argument_env_and_constant(tmp_path, monkeypatch):
@@ -142,7 +188,8 @@ def test_image_folder_skips_images_over_the_limit_and_says_why(tmp_path, monkeyp
     big = str(tmp_path / "b" / "big.png")
     assert source.num_examples == 4 and source.skipped == [big]
     assert source.reasons == {
-        big: "300x300 pixels exceeds the limit of 89999 pixels (KERAS_INCEPTION_MAX_PIXELS)"
+        big: "300x300 pixels exceeds the limit of 89999 pixels "
+        "(raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
     }
     monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))
     with pytest.raises(ValueError, match=r"1 unreadable files in .*: b/big.png: 300x300 pixels exceeds"):
