@@ -151,13 +151,81 @@ def check_pixels(data: tf.Tensor, limit: int | None = None) -> tf.Tensor:
         return tf.identity(data)
 
 
+EXIF_SCAN_BYTES = 1 << 16  # a JPEG's EXIF segment (APP1) is looked for in its first 64 KB
+EXIF_MAX_ENTRIES = 64  # IFD0 entries read for the Orientation tag (cameras write about 10-20)
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF Orientation (int32, 1-8) of encoded JPEG bytes: tag 0x0112 of IFD0 in the APP1
+    ``Exif`` segment, either byte order; 1 (as stored) when absent, invalid, or not a JPEG.
+
+    Graph ops only (for tf.data and serving graphs); TensorFlow's decoder ignores EXIF."""
+    head = tf.strings.substr(tf.strings.join([data, b"\0" * 16]), 0, EXIF_SCAN_BYTES)
+    raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    size = tf.size(raw, out_type=tf.int64)
+    zero = tf.constant(0, tf.int64)
+
+    def byte(i):  # 0 outside the bytes read
+        i = tf.convert_to_tensor(i, tf.int64)
+        inside = (i >= 0) & (i < size)
+        return tf.where(inside, tf.gather(raw, tf.clip_by_value(i, zero, size - 1)), zero)
+
+    # "\xff\xe1" + 2 length bytes + "Exif\0\0": the APP1 segment's start
+    marker = [0xFF, 0xE1, None, None, 0x45, 0x78, 0x69, 0x66, 0x00, 0x00]
+    starts = tf.range(size)
+    found = tf.ones_like(starts, tf.bool)
+    for offset, value in enumerate(marker):
+        if value is not None:
+            found &= tf.equal(byte(starts + offset), value)
+    first = tf.concat([tf.where(found)[:, 0], tf.constant([-1], tf.int64)], 0)[0]
+    tiff = first + len(marker)
+    little = tf.equal(byte(tiff), 0x49)  # "II"; "MM" is big-endian
+    valid = (first >= 0) & (little | tf.equal(byte(tiff), 0x4D))
+
+    def uint(i, nbytes):
+        values = [byte(i + k) for k in range(nbytes)]
+        le = sum(v * 256**k for k, v in enumerate(values))
+        be = sum(v * 256**k for k, v in enumerate(reversed(values)))
+        return tf.where(little, le, be)
+
+    ifd = tiff + uint(tiff + 4, 4)
+    entries = ifd + 2 + 12 * tf.range(EXIF_MAX_ENTRIES, dtype=tf.int64)
+    hits = tf.equal(uint(entries, 2), 0x0112) & (tf.range(EXIF_MAX_ENTRIES, dtype=tf.int64) < uint(ifd, 2))
+    values = tf.boolean_mask(uint(entries + 8, 2), hits)  # a SHORT: the value field's first 2 bytes
+    value = tf.concat([values, tf.constant([1], tf.int64)], 0)[0]
+    ok = valid & tf.equal(image_format(data), "jpeg") & (value >= 1) & (value <= 8)
+    return tf.cast(tf.where(ok, value, 1), tf.int32)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """``image`` (``(H, W, C)``) as EXIF ``orientation`` (1-8) says to display it, as Pillow's
+    ``ImageOps.exif_transpose``: 6 and 8 turn it a quarter clockwise and anticlockwise."""
+    transforms = [
+        lambda x: x,
+        tf.image.flip_left_right,
+        lambda x: tf.image.rot90(x, 2),
+        tf.image.flip_up_down,
+        tf.image.transpose,
+        lambda x: tf.image.rot90(x, 3),
+        lambda x: tf.image.rot90(tf.image.transpose(x), 2),
+        lambda x: tf.image.rot90(x, 1),
+    ]
+    return tf.switch_case(
+        tf.clip_by_value(orientation - 1, 0, 7), [lambda f=f: f(image) for f in transforms]
+    )
+
+
 def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 ``(H, W, 3)`` RGB.
+    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 ``(H, W, 3)`` RGB, upright.
 
     Grayscale is repeated to three channels, an alpha channel dropped, CMYK JPEGs
-    converted by the decoder.
+    converted by the decoder; a JPEG's EXIF orientation is applied
+    (:func:`exif_orientation`), so a portrait phone photo stands up.
     """
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = apply_orientation(image, exif_orientation(data))
     image.set_shape([None, None, 3])
     return image
 
@@ -342,13 +410,16 @@ TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}
 
 __all__ = [
     "MAX_PIXELS",
+    "apply_orientation",
     "MAX_PIXELS_ENV",
     "TRAIN_TRANSFORMS",
     "check_pixels",
     "decode_image",
     "distort_color",
     "encoded_shape",
+    "gif_extent",
     "eval_transform",
+    "exif_orientation",
     "flip_transform",
     "image_format",
     "load_image",

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 import keras_inception as ki
 from keras_inception import data, export, predict, preprocessing
@@ -168,6 +168,73 @@ def test_eval_transform_casts_the_crop_not_the_whole_image():
     graph = tf.function(lambda x: preprocessing.eval_transform(x, 75)).get_concrete_function(spec).graph
     casts = [op for op in graph.get_operations() if op.type == "Cast" and op.inputs[0].dtype == tf.uint8]
     assert [op.inputs[0].op.type for op in casts] == ["Slice"]
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+ORIENTED = {  # what Pillow's ImageOps.exif_transpose does for each EXIF orientation
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif(orientation: int, big_endian: bool = False) -> bytes:
+    """An APP1 EXIF payload whose IFD0 holds a DateTime-like entry, then the Orientation."""
+    order = "big" if big_endian else "little"
+
+    def u(value, n):
+        return value.to_bytes(n, order)
+
+    entries = u(0x010F, 2) + u(2, 2) + u(4, 4) + b"Cam\0"  # Make, an ASCII value held inline
+    entries += u(0x0112, 2) + u(3, 2) + u(1, 4) + u(orientation, 2) + b"\0\0"
+    return b"Exif\0\0" + (b"MM" if big_endian else b"II") + u(42, 2) + u(8, 4) + u(2, 2) + entries + u(0, 4)
+
+
+def _oriented_jpeg(pixels: np.ndarray, orientation: int | None, big_endian: bool = False) -> bytes:
+    out = io.BytesIO()
+    exif = {} if orientation is None else {"exif": _exif(orientation, big_endian)}
+    Image.fromarray(pixels).save(out, "JPEG", quality=95, **exif)
+    return out.getvalue()
+
+
+def test_exif_orientation_is_honoured_by_load_image_and_the_pipelines(tmp_path):
+    pixels = _pixels(20, 30)
+    stored = preprocessing.decode_image(_oriented_jpeg(pixels, None)).numpy()  # as the file stores it
+    for orientation in range(1, 9):
+        for big_endian in (False, True) if orientation in (6, 8) else (False,):
+            encoded = _oriented_jpeg(pixels, orientation, big_endian)
+            assert int(preprocessing.exif_orientation(encoded)) == orientation
+            path = tmp_path / f"{orientation}{'be' if big_endian else 'le'}.jpg"
+            path.write_bytes(encoded)
+            upright = Image.fromarray(stored).transpose(ORIENTED[orientation]) if orientation > 1 else stored
+            np.testing.assert_array_equal(preprocessing.load_image(str(path)), np.asarray(upright))
+        # Pillow's own reading agrees on the shape (its decoder differs by a few levels)
+        assert ImageOps.exif_transpose(Image.open(path)).size == Image.fromarray(np.asarray(upright)).size
+    for name, orientation in (("a", 6), ("b", 8)):  # the tf.data pipeline: image folders, TFRecords
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.jpg").write_bytes(_oriented_jpeg(pixels, orientation))
+    source = data.image_folder(str(tmp_path), class_names=["a", "b"])
+    images = [image.numpy() for image, _ in source.dataset]
+    np.testing.assert_array_equal(images[0], np.asarray(Image.fromarray(stored).transpose(ORIENTED[6])))
+    np.testing.assert_array_equal(images[1], np.asarray(Image.fromarray(stored).transpose(ORIENTED[8])))
+    batch = next(iter(data.pipeline(source, 2, training=False, image_size=30)))
+    assert batch[0].shape == (2, 30, 30, 3)
+
+
+def test_exif_orientation_ignores_what_is_not_one():
+    pixels = _pixels(8, 12)
+    for encoded in (
+        _oriented_jpeg(pixels, None),
+        _oriented_jpeg(pixels, 9),  # out of range: as stored
+        _encode(pixels, "PNG") + _exif(6),  # not a JPEG
+        b"\xff\xd8\xff\xe1\x00\x10Exif\0\0II",  # cut short
+    ):
+        assert int(preprocessing.exif_orientation(encoded)) == 1
 
 
 # ---------------------------------------------------------------- 4. image folders
