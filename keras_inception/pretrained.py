@@ -38,6 +38,7 @@ import os
 import pathlib
 import shutil
 import socket
+import ssl
 import tarfile
 import tempfile
 import threading
@@ -305,39 +306,41 @@ def _offline_advice(entry: registry.PretrainedConfig) -> str:
 
 
 class _TrackedHTTP(http.client.HTTPConnection):
-    """An HTTP(S) connection that adds its socket to ``self.sockets`` when it connects."""
+    """An HTTP connection that adds its socket to ``self.sockets`` when it connects."""
 
     sockets: list
 
     def connect(self):
-        super().connect()  # HTTPS: called by HTTPSConnection.connect, before the TLS handshake
+        super().connect()
         self.sockets.append(self.sock)
 
 
-class _TrackedHTTPS(http.client.HTTPSConnection, _TrackedHTTP):
-    pass
-
-
 class _TrackingHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
-    """Opens http(s) URLs through connections whose sockets go into ``sockets``."""
+    """Opens http(s) URLs through sockets that go into ``sockets`` (TLS ones before their handshake)."""
 
     def __init__(self, sockets: list):
         super().__init__()
         self.sockets = sockets
 
-    def _connection(self, cls):
+        class TrackedTLS(ssl.SSLSocket):
+            def do_handshake(self, *args, **kwargs):
+                sockets.append(self)
+                return super().do_handshake(*args, **kwargs)
+
+        self.tls = ssl.create_default_context()
+        self.tls.set_alpn_protocols(["http/1.1"])
+        self.tls.sslsocket_class = TrackedTLS
+
+    def http_open(self, req):
         def connect(host, **kwargs):
-            connection = cls(host, **kwargs)
+            connection = _TrackedHTTP(host, **kwargs)
             connection.sockets = self.sockets
             return connection
 
-        return connect
-
-    def http_open(self, req):
-        return self.do_open(self._connection(_TrackedHTTP), req)
+        return self.do_open(connect, req)
 
     def https_open(self, req):
-        return self.do_open(self._connection(_TrackedHTTPS), req, context=None)
+        return self.do_open(http.client.HTTPSConnection, req, context=self.tls)
 
 
 @contextlib.contextmanager

@@ -420,8 +420,9 @@ def test_v2_data_file_missing_or_truncated(tmp_path, kind):
 
 
 @contextlib.contextmanager
-def header_trickle(interval: float):
-    """A 127.0.0.1 server that sends the status line, then one header byte every ``interval`` s."""
+def header_trickle(interval: float, start: bytes = b"HTTP/1.1 200 OK\r\n"):
+    """A 127.0.0.1 server that sends ``start`` (the status line), then one header byte every
+    ``interval`` s."""
     server = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
@@ -429,7 +430,7 @@ def header_trickle(interval: float):
         connection, _ = server.accept()
         with connection:
             connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            connection.sendall(start)
             for byte in itertools.cycle(b"X-Slow: trickle"):
                 if done.wait(interval):
                     return
@@ -448,9 +449,17 @@ def header_trickle(interval: float):
         thread.join(5)
 
 
-def test_header_trickle_is_cut_at_the_deadline(env, monkeypatch):
+@pytest.mark.parametrize(
+    "scheme, start",
+    [("http", b"HTTP/1.1 200 OK\r\n"), ("https", b"\x16\x03\x03\x40\x00")],  # TLS: a 16 KB record's header
+    ids=["headers", "tls-handshake"],
+)
+def test_header_trickle_is_cut_at_the_deadline(env, monkeypatch, scheme, start):
+    """http: the status line, then a header byte every 0.5 s; https: the server's hello trickled
+    the same way, so the handshake waits (socket timeouts restart with every byte)."""
     monkeypatch.setenv(pretrained.DEADLINE_ENV, "1.5")
-    with header_trickle(0.5) as url:
+    with header_trickle(0.5, start) as url:
+        url = url.replace("http:", f"{scheme}:")
         monkeypatch.setenv(pretrained.URL_ENV, url)
         start = time.monotonic()
         with pytest.raises(pretrained.WeightsError) as error:
