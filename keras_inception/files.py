@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 
 PARTIAL_PREFIX = ".partial-"
-SPACE_MARGIN = 1 << 20  # bytes kept free beyond what a write is known to need
+SPACE_MARGIN = 4 << 20  # bytes asked beyond what a write is known to need (headers, metadata)
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 

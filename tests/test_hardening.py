@@ -523,7 +523,7 @@ def test_download_checks_the_space_it_needs(tiny_mirror, env, monkeypatch):
             pretrained.fetch("inception_v3", "imagenet")
     message = str(error.value)
     assert re.fullmatch(
-        rf"not enough space to write {re.escape(env)}/\.partial-\d+-\w+: it needs 1\.0 MiB, 0\.0 MiB free in "
+        rf"not enough space to write {re.escape(env)}/\.partial-\d+-\w+: it needs 4\.0 MiB, 0\.0 MiB free in "
         rf"{re.escape(env)}/\.partial-\d+-\w+; free some space or write elsewhere",
         message,
     ), message
