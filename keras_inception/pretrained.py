@@ -596,6 +596,15 @@ def extract_checkpoint(archive: str, directory: str) -> str:
     before = set(os.listdir(directory)) if existed else set()
     try:
         found = _stream_members(archive, directory)
+        prefixes = sorted(
+            {f.removesuffix(".index") for f in found if f.endswith(".ckpt.index")}
+            | {f for f in found if f.endswith(".ckpt")}
+        )
+        if len(prefixes) != 1:
+            raise WeightsError(
+                f"archive {os.path.basename(archive)} should hold one checkpoint (*.ckpt or "
+                f"*.ckpt.index + data), found {prefixes or found}"
+            )
     except BaseException:  # a refusal leaves nothing behind
         for entry in set(os.listdir(directory)) - before if os.path.isdir(directory) else ():
             path = os.path.join(directory, entry)
@@ -603,16 +612,6 @@ def extract_checkpoint(archive: str, directory: str) -> str:
         if not existed:
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    name = os.path.basename(archive)
-    prefixes = sorted(
-        {f.removesuffix(".index") for f in found if f.endswith(".ckpt.index")}
-        | {f for f in found if f.endswith(".ckpt")}
-    )
-    if len(prefixes) != 1:
-        raise WeightsError(
-            f"archive {name} should hold one checkpoint (*.ckpt or "
-            f"*.ckpt.index + data), found {prefixes or found}"
-        )
     return os.path.join(directory, prefixes[0])
 
 
