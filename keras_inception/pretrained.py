@@ -532,11 +532,13 @@ class _Bounded:
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, directory: str) -> None:
-    """Write the member ``tar`` is at under ``directory`` (its bytes go through the stream's bound)."""
-    target = os.path.join(directory, member.name)
+    """Write the file ``tar`` is at under ``directory`` (its bytes go through the stream's bound).
+
+    Folders are made only as the parents of files: a checkpoint needs no empty folder, and an
+    archive of them then costs no inode."""
     if member.isdir():
-        os.makedirs(target, exist_ok=True)
         return
+    target = os.path.join(directory, member.name)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     files.ensure_space(directory, member.size)
     with tar.extractfile(member) as source, open(target, "wb") as out:
