@@ -67,7 +67,7 @@ def gif_extent(data: tf.Tensor) -> tf.Tensor:
     decoder allocates the frames, so the pixel limit must read them. One step per block or
     255-byte data sub-block: the walk costs a fraction of the file's size.
     """
-    raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+    raw = tf.cast(tf.io.decode_raw(tf.strings.join([data, b"\0"]), tf.uint8), tf.int64)  # never empty
     size = tf.size(raw, out_type=tf.int64)
     zero = tf.constant(0, tf.int64)
 
@@ -161,7 +161,7 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     ``Exif`` segment, either byte order; 1 (as stored) when absent, invalid, or not a JPEG.
 
     Graph ops only (for tf.data and serving graphs); TensorFlow's decoder ignores EXIF."""
-    head = tf.strings.substr(tf.strings.join([data, b"\0" * 16]), 0, EXIF_SCAN_BYTES)
+    head = tf.strings.substr(tf.strings.join([data, b"\0"]), 0, EXIF_SCAN_BYTES)  # never empty
     raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
     size = tf.size(raw, out_type=tf.int64)
     zero = tf.constant(0, tf.int64)
@@ -410,17 +410,17 @@ TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}
 
 __all__ = [
     "MAX_PIXELS",
-    "apply_orientation",
     "MAX_PIXELS_ENV",
     "TRAIN_TRANSFORMS",
+    "apply_orientation",
     "check_pixels",
     "decode_image",
     "distort_color",
     "encoded_shape",
-    "gif_extent",
     "eval_transform",
     "exif_orientation",
     "flip_transform",
+    "gif_extent",
     "image_format",
     "load_image",
     "pixel_limit",
