@@ -75,6 +75,20 @@ def _why_unreadable(path: str, max_pixels: int | None) -> str:
     return "could not be decoded"
 
 
+def _check_class_name(name: str, directory: str) -> None:
+    """Refuse a class folder name that some export format cannot store: the model carries its
+    class names into SavedModel, TFLite and ONNX as UTF-8 text, so a name whose bytes are not
+    UTF-8 (read as surrogate escapes) would fail only at export, after training."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise ValueError(
+            f"class folder '{shown}' of {directory} is not valid UTF-8, which exported models cannot "
+            "store as a class name; rename it"
+        ) from None
+
+
 def image_folder(
     directory: str,
     on_error: str = "skip",
@@ -96,6 +110,8 @@ def image_folder(
     )
     if not names:
         raise ValueError(f"{directory} has no class subfolders (expected one folder per class)")
+    for name in names:
+        _check_class_name(name, directory)
     if len(names) == 1:
         raise ValueError(
             f"{directory} has only one class folder ({names[0]!r}): a classifier needs at least two classes"

@@ -21,6 +21,7 @@ from keras_inception.imagenet import preprocess_input  # noqa: E402
 EVAL_CENTRAL_FRACTION = registry.EVAL_CROP_FRACTION
 MAX_PIXELS = 50_000_000  # images larger than this (width x height) are refused before decoding
 MAX_PIXELS_ENV = "KERAS_INCEPTION_MAX_PIXELS"
+RAISE_LIMIT = f"raise it with {MAX_PIXELS_ENV} or max_pixels="
 
 
 def to_signed_unit(x: tf.Tensor) -> tf.Tensor:
@@ -59,9 +60,59 @@ def _header_ints(data: tf.Tensor, offset: int, dtype: tf.DType, little_endian: b
     )
 
 
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def gif_extent(data: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` (int64) that a GIF's frames reach: the largest ``top + height`` and
+    ``left + width`` of its image descriptors, read by walking the blocks without decoding.
+
+    The logical screen (in the header) may be 1x1 while a frame is 20000x20000, and the
+    decoder allocates the frames, so the pixel limit must read them. One step per block or
+    255-byte data sub-block: the walk costs a fraction of the file's size.
+    """
+    raw = tf.cast(tf.io.decode_raw(tf.strings.join([data, b"\0"]), tf.uint8), tf.int64)  # never empty
+    size = tf.size(raw, out_type=tf.int64)
+    zero = tf.constant(0, tf.int64)
+
+    def byte(i):  # 0 past the end
+        i = tf.convert_to_tensor(i, tf.int64)
+        return tf.where(i < size, tf.gather(raw, tf.clip_by_value(i, zero, size - 1)), zero)
+
+    def u16(i):  # little-endian
+        return byte(i) + 256 * byte(i + 1)
+
+    def table(flags):  # a colour table follows when bit 7 is set: 3 * 2^(N+1) bytes
+        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), zero)
+
+    def step(pos, in_blocks, done, height, width):
+        block = byte(pos)  # in data sub-blocks: their length, 0 ending them
+        marker = block  # between blocks: 0x21 extension, 0x2C image descriptor, else the end
+        extension, image = tf.equal(marker, 0x21), tf.equal(marker, 0x2C)
+        top_next = tf.where(extension, pos + 2, pos + 11 + table(byte(pos + 9)))
+        next_pos = tf.where(in_blocks, pos + 1 + block, top_next)
+        next_in = tf.where(in_blocks, block > 0, extension | image)
+        found = ~in_blocks & image
+        height = tf.where(found, tf.maximum(height, u16(pos + 3) + u16(pos + 7)), height)
+        width = tf.where(found, tf.maximum(width, u16(pos + 1) + u16(pos + 5)), width)
+        return next_pos, next_in, ~in_blocks & ~(extension | image), height, width
+
+    start = 13 + table(byte(10))  # after the header, the logical screen and its colour table
+    _, _, _, height, width = tf.while_loop(
+        lambda pos, in_blocks, done, *_: ~done & (pos < size),
+        step,
+        (start, tf.constant(False), tf.constant(False), zero, zero),
+        maximum_iterations=tf.size(raw),  # each step moves forward: a bound, never reached
+    )
+    return tf.stack([height, width])
+
+
 def encoded_shape(data: tf.Tensor) -> tf.Tensor:
     """``[height, width]`` (int64) of encoded JPEG / PNG / GIF / BMP bytes, read from the
-    header without decoding; ``[0, 0]`` for other data (left to the decoder to refuse)."""
+    headers without decoding; ``[0, 0]`` for other data (left to the decoder to refuse).
+
+    The real sizes the decoder allocates: a JPEG's SOF (libjpeg's own header read), a PNG's
+    IHDR (APNG frames must lie within it, and TensorFlow decodes only the default image), a
+    BMP's info header (as TensorFlow reads it), a GIF's logical screen or its largest frame
+    (:func:`gif_extent`), whichever is larger."""
     kind = image_format(data)
 
     def jpeg():
@@ -70,8 +121,9 @@ def encoded_shape(data: tf.Tensor) -> tf.Tensor:
     def png():  # IHDR: big-endian width, height at byte 16
         return tf.reverse(_header_ints(data, 16, tf.int32, little_endian=False), [0])
 
-    def gif():  # logical screen: little-endian uint16 width, height at byte 6
-        return tf.reverse(_header_ints(data, 6, tf.uint16, little_endian=True), [0])
+    def gif():  # logical screen: little-endian uint16 width, height at byte 6; then every frame
+        screen = tf.reverse(_header_ints(data, 6, tf.uint16, little_endian=True), [0])
+        return tf.maximum(screen, gif_extent(data))
 
     def bmp():  # BITMAPINFOHEADER: little-endian int32 width, height (negative: top-down) at byte 18
         return tf.abs(tf.reverse(_header_ints(data, 18, tf.int32, little_endian=True), [0]))
@@ -92,7 +144,7 @@ def check_pixels(data: tf.Tensor, limit: int | None = None) -> tf.Tensor:
         height * width <= limit,
         [
             tf.strings.format(
-                "image of {}x{} pixels exceeds the limit of {} pixels (" + MAX_PIXELS_ENV + ")",
+                "image of {}x{} pixels exceeds the limit of {} pixels (" + RAISE_LIMIT + ")",
                 (width, height, limit),
             )
         ],
@@ -101,13 +153,81 @@ def check_pixels(data: tf.Tensor, limit: int | None = None) -> tf.Tensor:
         return tf.identity(data)
 
 
+EXIF_SCAN_BYTES = 1 << 16  # a JPEG's EXIF segment (APP1) is looked for in its first 64 KB
+EXIF_MAX_ENTRIES = 64  # IFD0 entries read for the Orientation tag (cameras write about 10-20)
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF Orientation (int32, 1-8) of encoded JPEG bytes: tag 0x0112 of IFD0 in the APP1
+    ``Exif`` segment, either byte order; 1 (as stored) when absent, invalid, or not a JPEG.
+
+    Graph ops only (for tf.data and serving graphs); TensorFlow's decoder ignores EXIF."""
+    head = tf.strings.substr(tf.strings.join([data, b"\0"]), 0, EXIF_SCAN_BYTES)  # never empty
+    raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    size = tf.size(raw, out_type=tf.int64)
+    zero = tf.constant(0, tf.int64)
+
+    def byte(i):  # 0 outside the bytes read
+        i = tf.convert_to_tensor(i, tf.int64)
+        inside = (i >= 0) & (i < size)
+        return tf.where(inside, tf.gather(raw, tf.clip_by_value(i, zero, size - 1)), zero)
+
+    # "\xff\xe1" + 2 length bytes + "Exif\0\0": the APP1 segment's start
+    marker = [0xFF, 0xE1, None, None, 0x45, 0x78, 0x69, 0x66, 0x00, 0x00]
+    starts = tf.range(size)
+    found = tf.ones_like(starts, tf.bool)
+    for offset, value in enumerate(marker):
+        if value is not None:
+            found &= tf.equal(byte(starts + offset), value)
+    first = tf.concat([tf.where(found)[:, 0], tf.constant([-1], tf.int64)], 0)[0]
+    tiff = first + len(marker)
+    little = tf.equal(byte(tiff), 0x49)  # "II"; "MM" is big-endian
+    valid = (first >= 0) & (little | tf.equal(byte(tiff), 0x4D))
+
+    def uint(i, nbytes):
+        values = [byte(i + k) for k in range(nbytes)]
+        le = sum(v * 256**k for k, v in enumerate(values))
+        be = sum(v * 256**k for k, v in enumerate(reversed(values)))
+        return tf.where(little, le, be)
+
+    ifd = tiff + uint(tiff + 4, 4)
+    entries = ifd + 2 + 12 * tf.range(EXIF_MAX_ENTRIES, dtype=tf.int64)
+    hits = tf.equal(uint(entries, 2), 0x0112) & (tf.range(EXIF_MAX_ENTRIES, dtype=tf.int64) < uint(ifd, 2))
+    values = tf.boolean_mask(uint(entries + 8, 2), hits)  # a SHORT: the value field's first 2 bytes
+    value = tf.concat([values, tf.constant([1], tf.int64)], 0)[0]
+    ok = valid & tf.equal(image_format(data), "jpeg") & (value >= 1) & (value <= 8)
+    return tf.cast(tf.where(ok, value, 1), tf.int32)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """``image`` (``(H, W, C)``) as EXIF ``orientation`` (1-8) says to display it, as Pillow's
+    ``ImageOps.exif_transpose``: 6 and 8 turn it a quarter clockwise and anticlockwise."""
+    transforms = [
+        lambda x: x,
+        tf.image.flip_left_right,
+        lambda x: tf.image.rot90(x, 2),
+        tf.image.flip_up_down,
+        tf.image.transpose,
+        lambda x: tf.image.rot90(x, 3),
+        lambda x: tf.image.rot90(tf.image.transpose(x), 2),
+        lambda x: tf.image.rot90(x, 1),
+    ]
+    return tf.switch_case(
+        tf.clip_by_value(orientation - 1, 0, 7), [lambda f=f: f(image) for f in transforms]
+    )
+
+
 def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 ``(H, W, 3)`` RGB.
+    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 ``(H, W, 3)`` RGB, upright.
 
     Grayscale is repeated to three channels, an alpha channel dropped, CMYK JPEGs
-    converted by the decoder.
+    converted by the decoder; a JPEG's EXIF orientation is applied
+    (:func:`exif_orientation`), so a portrait phone photo stands up.
     """
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = apply_orientation(image, exif_orientation(data))
     image.set_shape([None, None, 3])
     return image
 
@@ -160,7 +280,12 @@ def _header_problem(data: tf.Tensor, limit: int) -> str | None:
         return "not an image (unknown format)"
     height, width = (int(v) for v in encoded_shape(data))
     if height * width > limit:
-        return f"{width}x{height} pixels exceeds the limit of {limit} pixels ({MAX_PIXELS_ENV})"
+        what = f"{width}x{height} pixels"
+        if image_format(data).numpy() == b"gif":
+            screen = _header_ints(data, 6, tf.uint16, little_endian=True).numpy()
+            if (screen[1], screen[0]) != (height, width):
+                what = f"a GIF frame reaching {what} (its screen is {screen[0]}x{screen[1]})"
+        return f"{what} exceeds the limit of {limit} pixels ({RAISE_LIMIT})"
     return None
 
 
@@ -289,12 +414,15 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_PIXELS_ENV",
     "TRAIN_TRANSFORMS",
+    "apply_orientation",
     "check_pixels",
     "decode_image",
     "distort_color",
     "encoded_shape",
     "eval_transform",
+    "exif_orientation",
     "flip_transform",
+    "gif_extent",
     "image_format",
     "load_image",
     "pixel_limit",

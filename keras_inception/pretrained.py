@@ -11,30 +11,43 @@ offline, after checking its embedded sha256. Set ``KERAS_INCEPTION_WEIGHTS_URL``
 a mirror (``https://...``, ``file:///...`` or a folder path).
 
 Failure behaviour, each a one-line :class:`WeightsError` and nothing cached:
-archives whose members declare or write more than ``KERAS_INCEPTION_MAX_ARCHIVE_BYTES``;
-downloads past ``KERAS_INCEPTION_DOWNLOAD_DEADLINE`` seconds or slower than
-``KERAS_INCEPTION_DOWNLOAD_STALL_BYTES`` per ``KERAS_INCEPTION_DOWNLOAD_STALL_SECONDS``;
+downloads past ``KERAS_INCEPTION_DOWNLOAD_DEADLINE`` seconds (headers included) or slower
+than ``KERAS_INCEPTION_DOWNLOAD_STALL_BYTES`` per ``KERAS_INCEPTION_DOWNLOAD_STALL_SECONDS``;
 an archive whose sha256 or size differs from the one recorded at its first fetch
-(unless :func:`pin` says otherwise); an unwritable cache (:class:`CacheDirError`).
+(unless :func:`pin` says otherwise), or whose record cannot be read; an unwritable cache
+(:class:`CacheDirError`); a full disk (:class:`files.DiskFullError`, naming the space needed).
 A damaged cache entry is reported in a warning, removed and fetched again.
+
+Archives are checked while they are streamed, each member before it is written, so the
+work an archive can cost is bounded by its bytes: the download, and the decompressed
+stream (every header, folder, empty file and member's data counted), are each at most
+``KERAS_INCEPTION_MAX_ARCHIVE_BYTES``; the members (of any kind) at most
+``KERAS_INCEPTION_MAX_ARCHIVE_MEMBERS``. CPU is one pass of gzip over at most that many
+decompressed bytes; disk, at most that many bytes and that many inodes, removed on refusal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import http.client
 import json
 import os
 import pathlib
+import shutil
+import socket
+import ssl
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -46,6 +59,8 @@ URL_ENV = "KERAS_INCEPTION_WEIGHTS_URL"
 # Bounds, each overridden by its environment variable. The largest slim archive is ~240 MB.
 MAX_ARCHIVE_BYTES = 1 << 30  # per archive: its download, and its members declared and written
 MAX_ARCHIVE_ENV = "KERAS_INCEPTION_MAX_ARCHIVE_BYTES"
+MAX_MEMBERS = 1000  # per archive: members of any kind (files, folders); a slim archive holds 1 to 4
+MAX_MEMBERS_ENV = "KERAS_INCEPTION_MAX_ARCHIVE_MEMBERS"
 DOWNLOAD_DEADLINE = 3600.0  # seconds for a whole download
 DEADLINE_ENV = "KERAS_INCEPTION_DOWNLOAD_DEADLINE"
 STALL_SECONDS = 60.0  # a download receiving fewer than STALL_BYTES in this window has stalled
@@ -225,6 +240,7 @@ def fetch(model: str, tag: str) -> dict[str, np.ndarray]:
             work = os.path.dirname(staged)
             archive = download(entry, work)
             arrays = convert_archive(archive, model, os.path.join(work, "extracted"))
+            files.ensure_space(work, sum(value.nbytes for value in arrays.values()))
             with open(staged, "wb") as f:
                 np.savez(f, **arrays, **{DIGEST_KEY: np.array(_arrays_sha256(arrays))})
             _record(entry, archive)
@@ -289,6 +305,68 @@ def _offline_advice(entry: registry.PretrainedConfig) -> str:
     )
 
 
+class _TrackedHTTP(http.client.HTTPConnection):
+    """An HTTP connection that adds its socket to ``self.sockets`` when it connects."""
+
+    sockets: list
+
+    def connect(self):
+        super().connect()
+        self.sockets.append(self.sock)
+
+
+class _TrackingHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http(s) URLs through sockets that go into ``sockets`` (TLS ones before their handshake)."""
+
+    def __init__(self, sockets: list):
+        super().__init__()
+        self.sockets = sockets
+
+        class TrackedTLS(ssl.SSLSocket):
+            def do_handshake(self, *args, **kwargs):
+                sockets.append(self)
+                return super().do_handshake(*args, **kwargs)
+
+        self.tls = ssl.create_default_context()
+        self.tls.set_alpn_protocols(["http/1.1"])
+        self.tls.sslsocket_class = TrackedTLS
+
+    def http_open(self, req):
+        def connect(host, **kwargs):
+            connection = _TrackedHTTP(host, **kwargs)
+            connection.sockets = self.sockets
+            return connection
+
+        return self.do_open(connect, req)
+
+    def https_open(self, req):
+        return self.do_open(http.client.HTTPSConnection, req, context=self.tls)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[tuple[urllib.request.OpenerDirector, threading.Event]]:
+    """An opener whose sockets are shut once ``seconds`` have passed, and the event then set.
+
+    A socket timeout restarts with every byte, so only this bounds a server that trickles
+    its status line or headers (urlopen returns only after the last header)."""
+    sockets: list = []
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        for sock in list(sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield urllib.request.build_opener(_TrackingHandler(sockets)), expired
+    finally:
+        timer.cancel()
+
+
 def download(entry: registry.PretrainedConfig, directory: str) -> str:
     """Download ``entry``'s archive into ``directory``; return its path.
 
@@ -309,15 +387,27 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
     def fail(what: str) -> WeightsError:
         return WeightsError(f"download of {url} {what}. {_offline_advice(entry)}")
 
+    def late() -> WeightsError:
+        return fail(
+            f"failed: not finished after the deadline of {deadline:g} s, "
+            f"{received} bytes received ({DEADLINE_ENV})"
+        )
+
+    start = time.monotonic()
     try:
-        start = time.monotonic()
-        with urllib.request.urlopen(url, timeout=min(window, 60.0)) as response, open(target, "wb") as out:
+        with (
+            _deadline(deadline) as (opener, expired),
+            opener.open(url, timeout=min(window, 60.0)) as response,
+            open(target, "wb") as out,
+        ):
             length = response.headers.get("Content-Length")
             expected = int(length) if length else None
             if expected is not None and expected > limit:
                 raise WeightsError(
                     f"archive {url} is {expected} bytes, over the bound of {limit} ({MAX_ARCHIVE_ENV})"
                 )
+            if expected is not None:
+                files.ensure_space(directory, expected)
             progress = keras.utils.Progbar(expected, unit_name="B") if expected else None
             print(f"Downloading {url}")
             window_start, window_bytes = start, 0
@@ -331,10 +421,7 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
                 if received > limit:
                     raise WeightsError(f"archive {url} passed the bound of {limit} bytes ({MAX_ARCHIVE_ENV})")
                 if now - start > deadline:
-                    raise fail(
-                        f"failed: not finished after the deadline of {deadline:g} s, "
-                        f"{received} bytes received ({DEADLINE_ENV})"
-                    )
+                    raise late()
                 if now - window_start >= window:
                     if received - window_bytes < min_bytes:
                         raise fail(
@@ -342,9 +429,17 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
                             f"{min_bytes} bytes per {window:g} s ({STALL_BYTES_ENV}, {STALL_SECONDS_ENV})"
                         )
                     window_start, window_bytes = now, received
+            if expired.is_set():  # the deadline shut the socket: what came is not the whole
+                raise late()
+    except files.DiskFullError:
+        raise
     except TimeoutError as error:  # no byte for a whole window (or no answer)
         raise fail(f"stalled: no data for {window:g} s ({STALL_SECONDS_ENV})") from error
     except (OSError, http.client.HTTPException) as error:  # URLError, refused, short reads
+        if files.is_disk_full(error):
+            raise files.disk_full(target, expected) from None
+        if expired.is_set():  # the deadline shut the socket
+            raise late() from None
         raise fail(f"failed: {error}") from error
     if expected is not None and received != expected:
         raise fail(f"truncated: {received} of {expected} bytes")
@@ -353,7 +448,7 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
         if sha256 != entry.sha256:
             raise WeightsError(f"sha256 of {url} is {sha256}, expected the pinned {entry.sha256}")
         return target
-    recorded = _recorded(entry.archive)
+    recorded = _recorded(entry)
     if recorded and (recorded.get("sha256"), recorded.get("size")) != (sha256, received):
         raise WeightsError(
             f"archive {entry.archive} changed since its first fetch: now sha256 {sha256} ({received} bytes) "
@@ -364,15 +459,29 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
     return target
 
 
-def _recorded(archive: str) -> dict | None:
+def _recorded(entry: registry.PretrainedConfig) -> dict | None:
+    """The record of ``entry``'s archive, ``None`` before its first fetch.
+
+    Raises:
+        WeightsError: a record that cannot be read (damaged, truncated, wrong types): the
+            archive cannot be compared with it, so it is not trusted.
+    """
+    path = record_path(entry.archive)
     try:
-        with open(record_path(archive)) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            record = json.loads(f.read())
+        if not (isinstance(record.get("sha256"), str) and type(record.get("size")) is int):
+            raise ValueError("no sha256 string and size integer")
+        return record
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
-        warnings.warn(f"ignoring unreadable record {record_path(archive)}: {error}", stacklevel=3)
-        return None
+    except (OSError, ValueError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}".replace("\n", " ")
+        raise WeightsError(
+            f"the record of {entry.archive} at {path} cannot be read ({reason}), so the archive cannot be "
+            f"checked against it; delete that file to record the archive afresh at the next fetch, "
+            f"or pin its sha256 with keras_inception.pretrained.pin({entry.family!r}, {entry.tag!r}, SHA256)"
+        ) from None
 
 
 def _record(entry: registry.PretrainedConfig, archive: str) -> None:
@@ -382,7 +491,7 @@ def _record(entry: registry.PretrainedConfig, archive: str) -> None:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     record = {"archive": entry.archive, "sha256": digest.hexdigest(), "size": os.path.getsize(archive)}
-    previous = _recorded(entry.archive)
+    previous = None if entry.sha256 else _recorded(entry)  # a pin replaces a damaged record
     if previous and all(previous.get(key) == value for key, value in record.items()):
         return
     try:
@@ -404,60 +513,107 @@ def _check_member(member: tarfile.TarInfo, limit: int) -> None:
         )
 
 
-def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], directory: str, limit: int) -> None:
-    """Write ``members`` under ``directory`` in chunks, stopping once ``limit`` bytes are passed."""
-    written = 0
-    for member in members:
-        target = os.path.join(directory, member.name)
-        if member.isdir():
-            os.makedirs(target, exist_ok=True)
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with tar.extractfile(member) as source, open(target, "wb") as out:
-            while chunk := source.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise WeightsError(
-                        f"archive member {member.name!r} passed the bound of {limit} bytes written "
-                        f"({MAX_ARCHIVE_ENV})"
-                    )
-                out.write(chunk)
+class _Bounded:
+    """The readable stream of an archive, refused once more than ``limit`` bytes are read from it."""
+
+    def __init__(self, stream, limit: int, name: str):
+        self.stream, self.limit, self.name, self.consumed = stream, limit, name, 0
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.limit + 1 - self.consumed  # one byte past the bound is enough to refuse
+        chunk = self.stream.read(min(size, room) if size >= 0 else room)
+        self.consumed += len(chunk)
+        if self.consumed > self.limit:
+            raise WeightsError(
+                f"archive {self.name} holds more than {self.limit} bytes once decompressed (headers, "
+                f"folders and members counted), over the bound ({MAX_ARCHIVE_ENV})"
+            )
+        return chunk
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, directory: str) -> None:
+    """Write the file ``tar`` is at under ``directory`` (its bytes go through the stream's bound).
+
+    Folders are made only as the parents of files: a checkpoint needs no empty folder, and an
+    archive of them then costs no inode."""
+    if member.isdir():
+        return
+    target = os.path.join(directory, member.name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    files.ensure_space(directory, member.size)
+    with tar.extractfile(member) as source, open(target, "wb") as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+
+
+def _stream_members(archive: str, directory: str) -> list[str]:
+    """Check and write each member of ``archive`` in turn; the files written."""
+    limit = int(_setting(MAX_ARCHIVE_ENV, MAX_ARCHIVE_BYTES))
+    max_members = int(_setting(MAX_MEMBERS_ENV, MAX_MEMBERS))
+    name = os.path.basename(archive)
+    found, declared = [], 0
+    try:
+        with open(archive, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = _Bounded(gzip.GzipFile(fileobj=raw) if compressed else raw, limit, name)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for count, member in enumerate(tar, 1):
+                    if count > max_members:
+                        raise WeightsError(
+                            f"archive {name} holds more than {max_members} members (files and folders), "
+                            f"over the bound ({MAX_MEMBERS_ENV})"
+                        )
+                    _check_member(member, limit)
+                    declared += member.size if member.isfile() else 0
+                    if declared > limit:
+                        raise WeightsError(
+                            f"archive {name} members declare {declared} bytes in all, over the bound of "
+                            f"{limit} ({MAX_ARCHIVE_ENV})"
+                        )
+                    _extract_member(tar, member, directory)
+                    if member.isfile():
+                        found.append(member.name)
+    except files.DiskFullError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        if files.is_disk_full(error):
+            raise files.disk_full(directory) from None
+        raise WeightsError(f"archive {name} is corrupt or truncated: {error}") from error
+    return found
 
 
 def extract_checkpoint(archive: str, directory: str) -> str:
-    """Safely extract a slim archive; return the prefix of the one checkpoint in it.
+    """Safely extract a slim archive (``.tar`` or ``.tar.gz``); return the prefix of the one
+    checkpoint in it.
 
-    Refused before anything is written: unsafe paths, links, and members whose declared
-    sizes pass ``KERAS_INCEPTION_MAX_ARCHIVE_BYTES`` (alone or together).
+    Streamed: each member is checked before it is written, and the whole is bounded as the
+    module docstring says. Refused: unsafe paths, links, members whose declared sizes pass
+    ``KERAS_INCEPTION_MAX_ARCHIVE_BYTES`` (alone or together), more members than
+    ``KERAS_INCEPTION_MAX_ARCHIVE_MEMBERS``. On a refusal what was written is removed.
     """
     if not os.path.isfile(archive):
         raise FileNotFoundError(f"archive not found: {archive}")
-    limit = int(_setting(MAX_ARCHIVE_ENV, MAX_ARCHIVE_BYTES))
-    name = os.path.basename(archive)
+    existed = os.path.isdir(directory)
+    before = set(os.listdir(directory)) if existed else set()
     try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, limit)
-            declared = sum(m.size for m in members if m.isfile())
-            if declared > limit:
-                raise WeightsError(
-                    f"archive {name} members declare {declared} bytes in all, over the bound of {limit} "
-                    f"({MAX_ARCHIVE_ENV})"
-                )
-            _extract(tar, members, directory, limit)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise WeightsError(f"archive {name} is corrupt or truncated: {error}") from error
-    files = [m.name for m in members if m.isfile()]
-    prefixes = sorted(
-        {f.removesuffix(".index") for f in files if f.endswith(".ckpt.index")}
-        | {f for f in files if f.endswith(".ckpt")}
-    )
-    if len(prefixes) != 1:
-        raise WeightsError(
-            f"archive {name} should hold one checkpoint (*.ckpt or "
-            f"*.ckpt.index + data), found {prefixes or files}"
+        found = _stream_members(archive, directory)
+        prefixes = sorted(
+            {f.removesuffix(".index") for f in found if f.endswith(".ckpt.index")}
+            | {f for f in found if f.endswith(".ckpt")}
         )
+        if len(prefixes) != 1:
+            raise WeightsError(
+                f"archive {os.path.basename(archive)} should hold one checkpoint (*.ckpt or "
+                f"*.ckpt.index + data), found {prefixes or found}"
+            )
+    except BaseException:  # a refusal leaves nothing behind
+        for entry in set(os.listdir(directory)) - before if os.path.isdir(directory) else ():
+            path = os.path.join(directory, entry)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return os.path.join(directory, prefixes[0])
 
 

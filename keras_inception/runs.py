@@ -40,6 +40,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import keras
+import numpy as np
 
 from keras_inception import files, reporting
 
@@ -212,12 +213,18 @@ def averaged_weights(model: keras.Model) -> Iterator[None]:
         swap_averages(model)
 
 
+def weights_bytes(model: keras.Model) -> int:
+    """The bytes of ``model``'s weights: the space a save is checked for (a full disk mid-write
+    can crash h5py at exit, so it is refused before)."""
+    return sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights)
+
+
 def save_model(model: keras.Model, path: str) -> str:
     """``model``'s layers and weights as a ``.keras`` file, atomically, without its training
     state (optimizer and its averages live in the run's state): it loads without warnings."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    with files.atomic_path(path) as staged:
+    with files.atomic_path(path, size=weights_bytes(model)) as staged:
         copy.save(staged)
     return path
 
@@ -347,7 +354,7 @@ class Run:
             with averaged_weights(model):
                 save_model(model, self.path(state["best_file"]))
         state["weights"] = f"state-{epoch + 1:05d}.weights.h5"
-        with files.atomic_path(self.path(state["weights"])) as staged:
+        with files.atomic_path(self.path(state["weights"]), size=weights_bytes(model)) as staged:
             model.save_weights(staged)
         files.write_bytes(self.path(STATE), json.dumps(state, indent=1).encode())  # the commit point
         self.state = state

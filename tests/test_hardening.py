@@ -4,19 +4,28 @@ Every case runs on a tiny checkpoint (the family's manifest is cut down to two
 variables) served from 127.0.0.1 or a local folder, so each takes seconds.
 """
 
+import contextlib
+import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import pathlib
+import re
+import shutil
 import socket
+import subprocess
 import tarfile
+import threading
+import time
 
+import keras
 import numpy as np
 import pytest
 from slim_kit import pack, serve, write_checkpoint
 
-from keras_inception import checkpoint, pretrained, registry
+from keras_inception import checkpoint, files, pretrained, registry, runs
 
 V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 TINY = {
@@ -104,11 +113,80 @@ def test_archive_bomb_refused_before_writing(tmp_path, monkeypatch, sizes, messa
     assert listing(out) == []
 
 
-def test_archive_bomb_stops_writing_at_the_bound(tmp_path):
-    archive = zeros_archive(tmp_path / "bomb.tar.gz", {"inception_v3.ckpt": 3 << 20})
-    with tarfile.open(archive) as tar, pytest.raises(pretrained.WeightsError, match="passed the bound"):
-        pretrained._extract(tar, tar.getmembers(), str(tmp_path), limit=1 << 20)
-    assert os.path.getsize(tmp_path / "inception_v3.ckpt") <= 1 << 20
+def test_gzip_bomb_is_refused_while_streamed(tmp_path, monkeypatch):
+    """64 MiB of zeros in 64 members (about 64 KB compressed) under a 4 MiB bound: refused once the
+    bytes decompressed (headers included) pass it, not after decompressing every member first."""
+    monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(4 << 20))
+    archive = zeros_archive(tmp_path / "bomb.tar.gz", {f"m{i:02d}": 1 << 20 for i in range(64)})
+    assert os.path.getsize(archive) < 200_000
+    decompressed = []
+    read = pretrained.gzip.GzipFile.read
+
+    def counted(self, *args):
+        chunk = read(self, *args)
+        decompressed.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(pretrained.gzip.GzipFile, "read", counted)
+    out = tmp_path / "out"
+    bound = r"bomb.tar.gz holds more than 4194304 bytes once decompressed"
+    with pytest.raises(pretrained.WeightsError, match=bound):
+        pretrained.extract_checkpoint(archive, str(out))
+    assert sum(decompressed) <= (4 << 20) + (64 << 10)
+    assert not out.exists()
+
+
+def test_stream_bound_counts_headers_and_stops_reading(tmp_path, monkeypatch):
+    """A member declaring 16 GiB is refused at its header; a stream of headers alone passes the bound."""
+    monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(1 << 20))
+    huge = tmp_path / "huge.tar"
+    info = tarfile.TarInfo("inception_v3.ckpt")
+    info.size = 16 << 30
+    huge.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1 << 20))  # data never reached
+    declared = r"declares 17179869184 bytes, over the bound of 1048576"
+    with pytest.raises(pretrained.WeightsError, match=declared):
+        pretrained.extract_checkpoint(str(huge), str(tmp_path / "out"))
+    stream = pretrained._Bounded(io.BytesIO(bytes(3 << 20)), 1 << 20, "x.tar")
+    bound = r"x.tar holds more than 1048576 bytes once decompressed"
+    with pytest.raises(pretrained.WeightsError, match=bound):
+        while stream.read(10240):
+            pass
+    assert stream.consumed <= (1 << 20) + 1
+
+
+def directory_bomb(path, count: int) -> str:
+    """A .tar.gz of ``count`` empty folders (512-byte headers, no data) and a checkpoint-like file."""
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(count):
+            info = tarfile.TarInfo(f"d/{i}")
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        info = tarfile.TarInfo("inception_v3.ckpt")
+        tar.addfile(info, io.BytesIO(b""))
+    return str(path)
+
+
+def test_directory_bomb_from_a_mirror_caches_nothing(tmp_path, env, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    directory_bomb(mirror / V3_ARCHIVE, 20_000)
+    assert os.path.getsize(mirror / V3_ARCHIVE) < 200_000
+    with serve(str(mirror)) as url:
+        monkeypatch.setenv(pretrained.URL_ENV, url)
+        with pytest.raises(pretrained.WeightsError) as error:
+            pretrained.fetch("inception_v3", "imagenet")
+        assert str(error.value) == (
+            f"archive {V3_ARCHIVE} holds more than 1000 members (files and folders), over the bound "
+            "(KERAS_INCEPTION_MAX_ARCHIVE_MEMBERS)"
+        )
+        assert listing(env) == []
+        monkeypatch.setenv(pretrained.MAX_MEMBERS_ENV, "100000")  # the headers count toward the bytes too
+        monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(1 << 20))
+        bound = r"more than 1048576 bytes once decompressed \(headers"
+        with pytest.raises(pretrained.WeightsError, match=bound):
+            pretrained.fetch("inception_v3", "imagenet")
+    assert listing(env) == []
+    assert not os.path.exists(pretrained.record_path(V3_ARCHIVE))
 
 
 def test_archive_bomb_from_a_mirror_caches_nothing(tmp_path, env, monkeypatch):
@@ -336,3 +414,188 @@ def test_v2_data_file_missing_or_truncated(tmp_path, kind):
         checkpoint.read(prefix)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+# 9. A server that trickles its headers
+
+
+@contextlib.contextmanager
+def header_trickle(interval: float, start: bytes = b"HTTP/1.1 200 OK\r\n"):
+    """A 127.0.0.1 server that sends ``start`` (the status line), then one header byte every
+    ``interval`` s."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def answer():
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(start)
+            for byte in itertools.cycle(b"X-Slow: trickle"):
+                if done.wait(interval):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:  # the client hung up
+                    return
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    finally:
+        done.set()
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "scheme, start",
+    [("http", b"HTTP/1.1 200 OK\r\n"), ("https", b"\x16\x03\x03\x40\x00")],  # TLS: a 16 KB record's header
+    ids=["headers", "tls-handshake"],
+)
+def test_header_trickle_is_cut_at_the_deadline(env, monkeypatch, scheme, start):
+    """http: the status line, then a header byte every 0.5 s; https: the server's hello trickled
+    the same way, so the handshake waits (socket timeouts restart with every byte)."""
+    monkeypatch.setenv(pretrained.DEADLINE_ENV, "1.5")
+    with header_trickle(0.5, start) as url:
+        url = url.replace("http:", f"{scheme}:")
+        monkeypatch.setenv(pretrained.URL_ENV, url)
+        start = time.monotonic()
+        with pytest.raises(pretrained.WeightsError) as error:
+            pretrained.fetch("inception_v3", "imagenet")
+        elapsed = time.monotonic() - start
+    assert str(error.value).startswith(
+        f"download of {url}{V3_ARCHIVE} failed: not finished after the deadline of 1.5 s, 0 bytes received "
+        f"({pretrained.DEADLINE_ENV}). To work without this server, set {pretrained.URL_ENV}"
+    )
+    assert elapsed < 1.5 + 5  # a hang guard (the header trickle never ends), not a speed test
+    assert listing(env) == []
+
+
+# 10. A pin record that cannot be read
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda text: text[: len(text) // 2], "JSONDecodeError: "),
+        (lambda text: '{"sha256": 5, "size": "12"}', "ValueError: no sha256 string and size integer"),
+        (lambda text: "[]", "AttributeError: "),
+    ],
+    ids=["truncated", "wrong-types", "not-an-object"],
+)
+def test_unreadable_record_refuses_the_archive(tiny_mirror, tmp_path, env, monkeypatch, damage, reason):
+    mirror, _ = tiny_mirror
+    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
+    pretrained.fetch("inception_v3", "imagenet")
+    record = pathlib.Path(pretrained.record_path(V3_ARCHIVE))
+    record.write_text(damage(record.read_text()))
+    os.remove(os.path.join(env, "inception_v3_imagenet.npz"))
+    with pytest.raises(pretrained.WeightsError) as error:
+        pretrained.fetch("inception_v3", "imagenet")
+    message = str(error.value)
+    assert message.startswith(f"the record of {V3_ARCHIVE} at {record} cannot be read ({reason}")
+    assert message.endswith(
+        "so the archive cannot be checked against it; delete that file to record the archive afresh at "
+        "the next fetch, or pin its sha256 with "
+        "keras_inception.pretrained.pin('inception_v3', 'imagenet', SHA256)"
+    )
+    assert "\n" not in message
+    assert listing(env) == []
+    sha = hashlib.sha256((mirror / V3_ARCHIVE).read_bytes()).hexdigest()
+    pretrained.pin("inception_v3", "imagenet", sha)  # what the message says works, and mends the record
+    pretrained.fetch("inception_v3", "imagenet")
+    assert read_record()["sha256"] == sha
+
+
+# 11. A full disk
+
+
+def test_download_checks_the_space_it_needs(tiny_mirror, env, monkeypatch):
+    mirror, _ = tiny_mirror
+    size = os.path.getsize(mirror / V3_ARCHIVE)
+    full = shutil.disk_usage("/")._replace(free=size // 2)  # a disk with half the archive free
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: full)
+    with serve(str(mirror)) as url:
+        monkeypatch.setenv(pretrained.URL_ENV, url)
+        with pytest.raises(files.DiskFullError) as error:
+            pretrained.fetch("inception_v3", "imagenet")
+    message = str(error.value)
+    assert re.fullmatch(
+        rf"not enough space to write {re.escape(env)}/\.partial-\d+-\w+: it needs 4\.0 MiB, 0\.0 MiB free in "
+        rf"{re.escape(env)}/\.partial-\d+-\w+; free some space or write elsewhere",
+        message,
+    ), message
+    assert listing(env) == []
+
+
+def _h5py_full(*args, **kwargs):
+    raise OSError(  # what h5py raises: errno only in the text
+        "Can't synchronously write data (file write failed: time = Fri Dec  4 18:00:00 2026, filename = "
+        "'x', file descriptor = 7, errno = 28, error message = 'No space left on device', buf = 0x1, "
+        "total write size = 4096, bytes this sub-write = 4096, bytes actually written = "
+        "18446744073709551615, offset = 0)"
+    )
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("raiser", [_enospc, _h5py_full], ids=["ENOSPC", "h5py"])
+def test_full_disk_while_saving_a_model_is_one_line(tmp_path, monkeypatch, raiser):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    monkeypatch.setattr(keras.Model, "save", raiser)
+    path = str(tmp_path / "run" / "best.keras")
+    with pytest.raises(files.DiskFullError) as error:
+        runs.save_model(model, path)
+    assert re.fullmatch(
+        rf"disk full while writing {re.escape(path)} \(it needs 0\.0 MiB, [\d.]+ MiB free in "
+        rf"{re.escape(os.path.dirname(path))}\); free some space or write elsewhere",
+        str(error.value),
+    ), str(error.value)
+    assert error.value.errno == errno.ENOSPC and isinstance(error.value, ValueError)  # the CLI's one line
+    assert listing(tmp_path / "run") == []
+
+
+def test_full_disk_while_extracting_is_not_called_corrupt(tiny_mirror, tmp_path, monkeypatch):
+    mirror, _ = tiny_mirror
+    monkeypatch.setattr(pretrained, "open", _open_full_for_writing, raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(files.DiskFullError, match=rf"^disk full while writing {re.escape(str(out))} \("):
+        pretrained.extract_checkpoint(str(mirror / V3_ARCHIVE), str(out))
+    assert not out.exists()
+
+
+def _open_full_for_writing(path, mode="r", *args, **kwargs):
+    if "w" in mode:
+        _enospc()
+    return open(path, mode, *args, **kwargs)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; needs root), unmounted afterwards."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]
+    if subprocess.run(command, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line(tiny_tmpfs):
+    target = tiny_tmpfs / "data.bin"
+    with pytest.raises(files.DiskFullError, match=rf"^disk full while writing {re.escape(str(target))} "):
+        files.write_bytes(target, bytes(2 << 20))  # size unknown beforehand: ENOSPC caught
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024)])  # 4 MiB of weights
+    path = tiny_tmpfs / "best.keras"
+    refused = rf"^not enough space to write {re.escape(str(tiny_tmpfs))}"
+    with pytest.raises(files.DiskFullError, match=refused):
+        runs.save_model(model, str(path))
+    assert listing(tiny_tmpfs) == []

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 import keras_inception as ki
 from keras_inception import data, export, predict, preprocessing
@@ -83,8 +83,54 @@ def test_default_limit_refuses_a_huge_header_before_decoding(fmt, tmp_path):
         preprocessing.load_image(str(path))
     assert str(caught.value) == (
         f"cannot read image {path}: 12000x12000 pixels exceeds the limit of 50000000 pixels "
-        "(KERAS_INCEPTION_MAX_PIXELS)"
+        "(raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
     )
+
+
+def _gif(screen: tuple[int, int], frames: list[tuple[int, int, int, int]]) -> bytes:
+    """A GIF built by hand: a ``screen`` (width, height) with a two-colour table, and one image
+    descriptor per ``(left, top, width, height)`` frame, each with a minimal LZW payload
+    (clear code, end code) and a graphic control extension before it."""
+    out = b"GIF89a" + screen[0].to_bytes(2, "little") + screen[1].to_bytes(2, "little") + b"\x80\x00\x00"
+    out += bytes(6)  # the colour table: black, black
+    for left, top, width, height in frames:
+        out += b"\x21\xf9\x04\x00\x00\x00\x00\x00"  # graphic control extension: one sub-block
+        out += b"\x2c" + b"".join(v.to_bytes(2, "little") for v in (left, top, width, height)) + b"\x00"
+        out += b"\x02\x01\x2c\x00"  # LZW minimum code size 2; one sub-block: clear (4), end (5)
+    return out + b"\x3b"
+
+
+def test_gif_frame_larger_than_its_screen_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "frame.gif"
+    path.write_bytes(_gif((1, 1), [(0, 0, 1, 1), (0, 0, 20000, 20000)]))
+    assert path.stat().st_size < 100
+    np.testing.assert_array_equal(preprocessing.encoded_shape(path.read_bytes()), [20000, 20000])
+
+    def decode(data):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(preprocessing, "decode_image", decode)
+    with pytest.raises(ValueError) as caught:
+        preprocessing.load_image(str(path))
+    assert str(caught.value) == (
+        f"cannot read image {path}: a GIF frame reaching 20000x20000 pixels (its screen is 1x1) exceeds "
+        "the limit of 50000000 pixels (raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
+    )
+    in_graph = tf.data.Dataset.from_tensors(path.read_bytes()).map(preprocessing.check_pixels)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image of 20000x20000 pixels exceeds the limit"):
+        next(iter(in_graph))
+    offset = _gif((8, 8), [(0, 0, 8, 8), (9000, 0, 100, 100)])  # a frame placed far off its screen
+    np.testing.assert_array_equal(preprocessing.encoded_shape(offset), [100, 9100])
+
+
+def test_gif_extent_of_real_animations():
+    frames = [Image.fromarray(_pixels(30, 50, seed)) for seed in range(3)]
+    frames[2] = frames[1].copy()
+    frames[2].paste((255, 0, 0), (10, 5, 20, 12))  # Pillow stores only the changed box
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    np.testing.assert_array_equal(preprocessing.gif_extent(out.getvalue()), [30, 50])
+    np.testing.assert_array_equal(preprocessing.encoded_shape(out.getvalue()), [30, 50])
 
 
 def test_pixel_limit_argument_env_and_constant(tmp_path, monkeypatch):
@@ -124,6 +170,73 @@ def test_eval_transform_casts_the_crop_not_the_whole_image():
     assert [op.inputs[0].op.type for op in casts] == ["Slice"]
 
 
+# ---------------------------------------------------------------- EXIF orientation
+
+ORIENTED = {  # what Pillow's ImageOps.exif_transpose does for each EXIF orientation
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif(orientation: int, big_endian: bool = False) -> bytes:
+    """An APP1 EXIF payload whose IFD0 holds a DateTime-like entry, then the Orientation."""
+    order = "big" if big_endian else "little"
+
+    def u(value, n):
+        return value.to_bytes(n, order)
+
+    entries = u(0x010F, 2) + u(2, 2) + u(4, 4) + b"Cam\0"  # Make, an ASCII value held inline
+    entries += u(0x0112, 2) + u(3, 2) + u(1, 4) + u(orientation, 2) + b"\0\0"
+    return b"Exif\0\0" + (b"MM" if big_endian else b"II") + u(42, 2) + u(8, 4) + u(2, 2) + entries + u(0, 4)
+
+
+def _oriented_jpeg(pixels: np.ndarray, orientation: int | None, big_endian: bool = False) -> bytes:
+    out = io.BytesIO()
+    exif = {} if orientation is None else {"exif": _exif(orientation, big_endian)}
+    Image.fromarray(pixels).save(out, "JPEG", quality=95, **exif)
+    return out.getvalue()
+
+
+def test_exif_orientation_is_honoured_by_load_image_and_the_pipelines(tmp_path):
+    pixels = _pixels(20, 30)
+    stored = preprocessing.decode_image(_oriented_jpeg(pixels, None)).numpy()  # as the file stores it
+    for orientation in range(1, 9):
+        for big_endian in (False, True) if orientation in (6, 8) else (False,):
+            encoded = _oriented_jpeg(pixels, orientation, big_endian)
+            assert int(preprocessing.exif_orientation(encoded)) == orientation
+            path = tmp_path / f"{orientation}{'be' if big_endian else 'le'}.jpg"
+            path.write_bytes(encoded)
+            upright = Image.fromarray(stored).transpose(ORIENTED[orientation]) if orientation > 1 else stored
+            np.testing.assert_array_equal(preprocessing.load_image(str(path)), np.asarray(upright))
+        # Pillow's own reading agrees on the shape (its decoder differs by a few levels)
+        assert ImageOps.exif_transpose(Image.open(path)).size == Image.fromarray(np.asarray(upright)).size
+    for name, orientation in (("a", 6), ("b", 8)):  # the tf.data pipeline: image folders, TFRecords
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.jpg").write_bytes(_oriented_jpeg(pixels, orientation))
+    source = data.image_folder(str(tmp_path), class_names=["a", "b"])
+    images = [image.numpy() for image, _ in source.dataset]
+    np.testing.assert_array_equal(images[0], np.asarray(Image.fromarray(stored).transpose(ORIENTED[6])))
+    np.testing.assert_array_equal(images[1], np.asarray(Image.fromarray(stored).transpose(ORIENTED[8])))
+    batch = next(iter(data.pipeline(source, 2, training=False, image_size=30)))
+    assert batch[0].shape == (2, 30, 30, 3)
+
+
+def test_exif_orientation_ignores_what_is_not_one():
+    pixels = _pixels(8, 12)
+    for encoded in (
+        _oriented_jpeg(pixels, None),
+        _oriented_jpeg(pixels, 9),  # out of range: as stored
+        _encode(pixels, "PNG") + _exif(6),  # not a JPEG
+        b"\xff\xd8\xff\xe1\x00\x10Exif\0\0II",  # cut short
+    ):
+        assert int(preprocessing.exif_orientation(encoded)) == 1
+
+
 # ---------------------------------------------------------------- 4. image folders
 
 
@@ -142,7 +255,8 @@ def test_image_folder_skips_images_over_the_limit_and_says_why(tmp_path, monkeyp
     big = str(tmp_path / "b" / "big.png")
     assert source.num_examples == 4 and source.skipped == [big]
     assert source.reasons == {
-        big: "300x300 pixels exceeds the limit of 89999 pixels (KERAS_INCEPTION_MAX_PIXELS)"
+        big: "300x300 pixels exceeds the limit of 89999 pixels "
+        "(raise it with KERAS_INCEPTION_MAX_PIXELS or max_pixels=)"
     }
     monkeypatch.setenv("KERAS_INCEPTION_MAX_PIXELS", str(300 * 300 - 1))
     with pytest.raises(ValueError, match=r"1 unreadable files in .*: b/big.png: 300x300 pixels exceeds"):
@@ -179,6 +293,24 @@ def test_image_folder_nested_odd_names_and_bad_layouts(tmp_path):
         ValueError, match=r"only one class folder \('cats'\): a classifier needs at least two"
     ):
         data.image_folder(str(only))
+
+
+def test_non_utf8_class_folder_is_refused_at_loading(tmp_path):
+    """Every export format stores class names as UTF-8: a folder whose name is not is refused
+    before training, naming it (escaped) and what to do."""
+    _class_folder(tmp_path, "a", 2)
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    Image.fromarray(_pixels(20, 24)).save(os.path.join(os.fsencode(tmp_path), b"caf\xe9", b"0.png"))
+    message = (
+        f"class folder 'caf\\xe9' of {tmp_path} is not valid UTF-8, which exported models cannot store "
+        "as a class name; rename it"
+    )
+    for load in (data.image_folder, lambda d: data.split_folder(d, 0.5), data.open_source):
+        with pytest.raises(ValueError) as caught:
+            load(str(tmp_path))
+        assert str(caught.value) == message
+    os.rename(os.path.join(os.fsencode(tmp_path), b"caf\xe9"), tmp_path / "café")  # renamed: accepted
+    assert data.image_folder(str(tmp_path)).class_names == ["a", "café"]
 
 
 # ---------------------------------------------------------------- 2-3. serving
