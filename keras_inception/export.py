@@ -92,6 +92,18 @@ def input_size(model: keras.Model) -> tuple[int, int]:
     return (height or 299, width or 299)
 
 
+def _archive(model: keras.Model) -> keras.export.ExportArchive:
+    """An export archive holding each of ``model``'s variables once, as ``variables``.
+
+    ``archive.track(model)`` would store every variable twice (the Keras variables it
+    tracks and the ``tf.Variable`` the endpoints capture, as ``variables/*`` and
+    ``_all_variables/*``); the collection of the ``tf.Variable`` themselves shares them.
+    """
+    archive = keras.export.ExportArchive()
+    archive.add_variable_collection("variables", [v.value for v in model.variables])
+    return archive
+
+
 def export_saved_model(
     model: keras.Model,
     directory: str,
@@ -151,8 +163,7 @@ def export_saved_model(
         )
         return respond(images)
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive = _archive(model)
     archive.add_endpoint(
         "serving_default",
         from_pixels,
@@ -201,8 +212,7 @@ def export_tflite(
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     size = input_size(model)
     with tempfile.TemporaryDirectory() as tmp:  # via SavedModel: the converter freezes its variables
-        archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive = _archive(model)
         archive.add_endpoint(
             "serve",
             lambda images: model(images, training=False),
@@ -323,8 +333,7 @@ def export_openvino(
         raise _missing_extra(error, "openvino") from error
     size = input_size(model)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive = _archive(model)
         archive.add_endpoint(
             "serve",
             lambda images: model(images, training=False),
