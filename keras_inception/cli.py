@@ -28,6 +28,8 @@ def cmd_convert(args) -> int:
 
     if args.output_option and args.output:
         raise ValueError("give the output once: as OUTPUT or as -o/--output")
+    if args.source in registry.pretrained_tags() and not args.model:
+        raise ValueError(f"{args.source!r} is a tag: say which model with --model (one of {MODEL_NAMES})")
     result = convert(
         args.source,
         args.output_option or args.output,
@@ -56,12 +58,18 @@ def load_model(source: str, weights: str | None) -> keras.Model:
         _say(f"weights: those saved in {source}")
         return model
     weights = weights or "imagenet"
+    tags = registry.pretrained_tags(source)
+    if weights.lower() not in RANDOM and weights not in tags and not models.is_path(weights):
+        raise ValueError(
+            f"{source} has no weights {weights!r}: give {f'one of {tags}, ' if tags else ''}a .keras / "
+            ".weights.h5 file, a slim checkpoint, or none (random initialisation)"
+        )
     if weights.lower() in RANDOM:
         model = models.create(source, weights=None)
         _say("weights: none, random initialisation (--weights none; give a tag or a file to load some)")
     else:
         model = models.create(source, weights=weights)
-        if weights in registry.pretrained_tags(source):
+        if weights in tags:
             archive = registry.pretrained_config(source, weights).archive
             _say(f"weights: {weights} ({source}, TF-slim checkpoint {archive})")
         else:
@@ -90,6 +98,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    export.check_options(args.format, args.output, args.quantize, args.calibration, args.precision)
     model = load_model(args.source, args.weights)
     result = export.export_model(
         model,
@@ -265,7 +274,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="keras-inception", description=__doc__, formatter_class=fmt)
+    p = Parser(prog="keras-inception", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser(
@@ -438,7 +447,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     elif args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
         args.output = extra.pop()  # OUTPUT after the options: argparse leaves it over
     if extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
+        p.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
@@ -447,7 +456,8 @@ def in_flags(message: str, command: argparse.ArgumentParser) -> str:
     for action in command._actions:  # argparse lists a parser's options nowhere public
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag and action.dest.isidentifier():
-            message = re.sub(rf"\b{action.dest}= ?(?=\S)", f"{flag} ", message)
+            message = re.sub(rf"(?<![\w-]){action.dest}(?:= ?(?=\S)| (?=must\b))", f"{flag} ", message)
+            message = message.replace(f"{flag} None", f"{flag} none")
     return message
 
 
@@ -457,7 +467,15 @@ def error_line(error: Exception) -> str:
         where = f": {error.filename}" if error.filename else ""
         advice = "; free some space or write elsewhere" if error.errno == errno.ENOSPC else ""
         return f"{error.strerror or error}{where}{advice}"
-    return str(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(error).__name__  # one line, whatever the library said
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, pointing at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def main(argv: list[str] | None = None) -> int:

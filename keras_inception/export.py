@@ -239,7 +239,7 @@ def _convert(converter, quantize: str, calibration) -> bytes:
     elif quantize == "int8":
         samples = list(calibration or [])
         if not samples:
-            raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+            raise ValueError("int8 quantization needs calibration images: calibration=DIR")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s[np.newaxis].astype(np.float32)] for s in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -323,7 +323,7 @@ def export_openvino(
         raise ValueError(f"an OpenVINO model is written as FILE.xml (and FILE.bin), not {path!r}")
     samples = list(calibration or [])
     if precision == "int8" and not samples:
-        raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+        raise ValueError("int8 quantization needs calibration images: calibration=DIR")
     try:
         import openvino
 
@@ -424,6 +424,39 @@ class ExportResult:
     agreement: dict[str, float]  # :func:`compare` on check images (and a latency for TFLite)
 
 
+SUFFIXES = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+
+
+def check_options(
+    fmt: str,
+    output: str | None = None,
+    quantize: str = "none",
+    calibration: str | None = None,
+    precision: str | None = None,
+) -> None:
+    """Refuse, before any work, options of :func:`export_model` that do not go together."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"quantize={quantize} applies to format=tflite only")
+    if precision is not None and fmt != "openvino":
+        raise ValueError(f"precision={precision} applies to format=openvino only")
+    if precision is not None and precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
+    if "int8" in (quantize, precision) and not calibration:
+        raise ValueError("int8 quantization needs calibration images: calibration=DIR")
+    if calibration and not os.path.isdir(calibration):
+        raise FileNotFoundError(f"calibration folder not found: {calibration}")
+    suffix = os.path.splitext(output.rstrip("/"))[1] if output else SUFFIXES[fmt]
+    if output and suffix != SUFFIXES[fmt]:
+        wanted = f"FILE{SUFFIXES[fmt]}" if SUFFIXES[fmt] else "a folder (no suffix)"
+        other = next((f for f, s in SUFFIXES.items() if s and s == suffix), None)
+        hint = f" (for {suffix}: format={other})" if other else ""
+        raise ValueError(f"format={fmt} writes {wanted}; output={output!r} has {suffix or 'no suffix'}{hint}")
+
+
 def export_model(
     model: keras.Model,
     fmt: str = "savedmodel",
@@ -444,12 +477,7 @@ def export_model(
     ``precision`` OpenVINO's (default float32); both int8 calibrate on ``calibration``'s
     images (the first 100).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if quantize != "none" and fmt != "tflite":
-        raise ValueError(f"--quantize {quantize} applies to tflite only")
-    if precision is not None and fmt != "openvino":
-        raise ValueError(f"--precision {precision} applies to openvino only")
+    check_options(fmt, output, quantize, calibration, precision)
     if fold_batchnorm:
         model = inference.fold_batchnorm(model)
     size = input_size(model)

@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import pathlib
+import sys
 import tarfile
 import tempfile
 import time
@@ -319,14 +320,15 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
                     f"archive {url} is {expected} bytes, over the bound of {limit} ({MAX_ARCHIVE_ENV})"
                 )
             progress = keras.utils.Progbar(expected, unit_name="B") if expected else None
-            print(f"Downloading {url}")
+            print(f"Downloading {url}", file=sys.stderr)  # progress on stderr, results on stdout
             window_start, window_bytes = start, 0
             while chunk := response.read1(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 if progress:
-                    progress.update(received)
+                    with contextlib.redirect_stdout(sys.stderr):
+                        progress.update(received)
                 now = time.monotonic()
                 if received > limit:
                     raise WeightsError(f"archive {url} passed the bound of {limit} bytes ({MAX_ARCHIVE_ENV})")

@@ -36,7 +36,7 @@ def create(source: str, weights=None, **kwargs) -> keras.Model:
     checkpoint / archive (family detected from its variables); ``kwargs`` go to the builder."""
     if source in MODELS:
         return MODELS[source](weights=weights, **kwargs)
-    if not _is_path(source):
+    if not is_path(source):
         close = difflib.get_close_matches(_plain(source), [_plain(n) for n in MODELS], n=1)
         hint = f" (did you mean {next(n for n in MODELS if _plain(n) == close[0])}?)" if close else ""
         raise ValueError(
@@ -59,10 +59,11 @@ def _plain(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
 
 
-def _is_path(source: str) -> bool:
-    """``source`` names a file (existing or not), not a model."""
+def is_path(source: str) -> bool:
+    """``source`` names a file (existing or not, a checkpoint prefix included), not a model."""
     suffixes = (*pretrained.KERAS_SUFFIXES, *pretrained.ARCHIVE_SUFFIXES, ".h5", ".ckpt", ".index")
-    return os.path.exists(source) or os.sep in source or source.endswith(suffixes)
+    exists = os.path.exists(source) or os.path.exists(f"{source}.index")
+    return exists or os.sep in source or source.endswith(suffixes)
 
 
 def load_model(path: str) -> keras.Model:
@@ -122,6 +123,7 @@ __all__ = [
     "feature_extractor",
     "from_checkpoint",
     "get",
+    "is_path",
     "load_model",
     "multiply_adds",
 ]
