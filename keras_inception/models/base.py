@@ -149,8 +149,8 @@ def load_weights(model: keras.Model, path: str) -> None:
                 else str(error).strip().splitlines()[0]
             )
             raise ValueError(
-                f"weights={path!r} does not fit {model.name}: {what}; give weights saved from a "
-                f"{model.name} with the same classes and heads"
+                f"weights={path!r} does not fit {model.name}: {what}; give weights saved from "
+                f"{model.name} built with the same classes and heads"
             ) from None
 
 
