@@ -6,11 +6,9 @@ preds = model.predict(ki.preprocess_input(images))
 ki.decode_predictions(preds, top=5)
 """
 
-import contextlib as _contextlib
-
 from keras_inception import startup as _startup
 
-with _startup.quiet_tensorflow() if _startup.is_command() else _contextlib.nullcontext():
+with _startup.quiet_tensorflow():
     import keras  # noqa: F401 - TensorFlow's start-up happens here
 
 from keras_inception import preprocessing, pretrained, registry  # noqa: E402

@@ -5,6 +5,9 @@ a foreign ``keras.Sequential``, empty, truncated and garbage files); no case dow
 and all but one fail before a network is built.
 """
 
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -12,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_inception import cli
+from keras_inception import cli, pretrained, registry
 from keras_inception.models import base
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 TAGS_V3 = "['adv_imagenet', 'ens3_adv_imagenet', 'ens4_adv_imagenet', 'imagenet']"
 MODELS = "['inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2']"
@@ -246,3 +251,25 @@ def test_flags_replace_parameter_names():
     flagged = cli.in_flags("weights=None is odd; calibration=DIR", command)
     assert flagged == "--weights none is odd; --calibration DIR"
     assert cli.in_flags("top must be 1; format=tflite", command) == "top must be 1; --format tflite"
+
+
+def test_the_download_shows_its_progress_on_stderr(tmp_path, monkeypatch, capsys):
+    entry = registry.pretrained_config("inception_v3", "imagenet")
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / entry.archive).write_bytes(b"x" * 5000)
+    monkeypatch.setenv(pretrained.URL_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    (tmp_path / "cache").mkdir()
+    pretrained.download(entry, str(tmp_path / "cache"))
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for results
+    assert f"Downloading {pretrained.url_for(entry)}" in err and "5000/5000" in err
+
+
+def test_importing_the_package_prints_nothing():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", "import keras_inception"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")  # no oneDNN / CUDA-probe notices
