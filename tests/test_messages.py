@@ -5,6 +5,7 @@ a foreign ``keras.Sequential``, empty, truncated and garbage files); no case dow
 and all but one fail before a network is built.
 """
 
+import errno
 import os
 import subprocess
 import sys
@@ -273,3 +274,10 @@ def test_importing_the_package_prints_nothing():
         [sys.executable, "-c", "import keras_inception"], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")  # no oneDNN / CUDA-probe notices
+
+
+def test_a_full_disk_is_one_line_with_the_path():
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/model.keras")
+    line = "No space left on device: /data/out/model.keras; free some space or write elsewhere"
+    assert cli.error_line(full) == line
+    assert cli.error_line(ValueError("what happened:\n  - detail\n")) == "what happened"
