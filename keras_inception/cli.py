@@ -438,9 +438,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str], p: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The command's arguments (``benchmark`` passes its own on to the tool)."""
-    p = parser()
+    p = p or parser()
     args, extra = p.parse_known_args(argv)
     if args.command == "benchmark":
         args.options, extra = extra, []  # tools/benchmark.py parses its own options
@@ -480,7 +480,7 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    args = parse(sys.argv[1:] if argv is None else argv)
+    args = parse(sys.argv[1:] if argv is None else argv, p)
     try:
         return args.func(args)
     except (ValueError, OSError, export.MissingExtraError) as error:
