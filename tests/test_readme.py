@@ -112,6 +112,7 @@ def mirror(tmp_path, monkeypatch) -> str:
     """A folder of slim archives for every ``weights="imagenet"`` the README loads (random
     variables of the published shapes), as the weights mirror, with a fresh cache."""
     folder = tmp_path / "mirror"
+    folder.mkdir()
     for family in ("inception_v3", "inception_v4", "inception_resnet_v2"):
         prefix = write_checkpoint(random_variables(family), str(tmp_path / family / f"{family}.ckpt"))
         pack(prefix, str(folder / registry.pretrained_config(family, "imagenet").archive))
