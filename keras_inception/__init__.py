@@ -10,12 +10,11 @@ TensorFlow's by nature (``preprocessing``'s image decoding, ``data``, ``evaluati
 ``export``, ``training``) are imported on first use and need ``keras-inception[tensorflow]``.
 """
 
-import contextlib as _contextlib
 import importlib as _importlib
 
 from keras_inception import startup as _startup
 
-with _startup.quiet_tensorflow() if _startup.is_command() else _contextlib.nullcontext():
+with _startup.quiet_tensorflow():
     try:
         import keras  # noqa: F401 - TensorFlow's start-up happens here
     except ModuleNotFoundError as _error:

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import re
 import sys
+from typing import TYPE_CHECKING
 
 from keras_inception import evaluation, export, registry, training
 
+if TYPE_CHECKING:
+    import keras
+
 DEFAULT_MODEL = "inception_v4"
 MODEL_NAMES = sorted(registry.FAMILIES)
+RANDOM = ("none", "random")  # --weights values for random initialisation
+WEIGHTS_HELP = "with a model name: a tag, a .keras / .weights.h5 file or a slim checkpoint, or none (random)"
 
 
 def cmd_convert(args) -> int:
@@ -21,6 +29,8 @@ def cmd_convert(args) -> int:
 
     if args.output_option and args.output:
         raise ValueError("give the output once: as OUTPUT or as -o/--output")
+    if args.source in registry.pretrained_tags() and not args.model:
+        raise ValueError(f"{args.source!r} is a tag: say which model with --model (one of {MODEL_NAMES})")
     result = convert(
         args.source,
         args.output_option or args.output,
@@ -34,15 +44,44 @@ def cmd_convert(args) -> int:
     return 0 if result.output else 1
 
 
-def cmd_predict(args) -> int:
-    from keras_inception import models, predict
+def _say(line: str) -> None:
+    """A progress line: stderr, so that stdout holds only the results."""
+    print(line, file=sys.stderr, flush=True)
 
-    if args.model in registry.FAMILIES:
-        model = models.get(args.model)(weights=args.weights or "imagenet")
-    elif args.weights:
-        raise ValueError(f"--weights is for model names; {args.model} brings its own")
+
+def load_model(source: str, weights: str | None) -> keras.Model:
+    """A network by name with ``weights`` (default ``imagenet``; ``none`` or ``random``: random
+    initialisation), or a model file (holding its own weights); says which weights on stderr."""
+    from keras_inception import models
+
+    if source not in registry.FAMILIES:
+        model = models.create(source, weights=weights)
+        _say(f"weights: those saved in {source}")
+        return model
+    weights = weights or "imagenet"
+    tags = registry.pretrained_tags(source)
+    if weights.lower() not in RANDOM and weights not in tags and not models.is_path(weights):
+        raise ValueError(
+            f"{source} has no weights {weights!r}: give {f'one of {tags}, ' if tags else ''}a .keras / "
+            ".weights.h5 file, a slim checkpoint, or none (random initialisation)"
+        )
+    if weights.lower() in RANDOM:
+        model = models.create(source, weights=None)
+        _say("weights: none, random initialisation (--weights none; give a tag or a file to load some)")
     else:
-        model = models.create(args.model)
+        model = models.create(source, weights=weights)
+        if weights in tags:
+            archive = registry.pretrained_config(source, weights).archive
+            _say(f"weights: {weights} ({source}, TF-slim checkpoint {archive})")
+        else:
+            _say(f"weights: {weights}")
+    return model
+
+
+def cmd_predict(args) -> int:
+    from keras_inception import predict
+
+    model = load_model(args.model, args.weights)
     results, failures = predict.classify(
         model,
         args.images,
@@ -60,9 +99,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from keras_inception import models
-
-    model = models.create(args.source, weights=args.weights)
+    export.check_options(args.format, args.output, args.quantize, args.calibration, args.precision)
+    model = load_model(args.source, args.weights)
     result = export.export_model(
         model,
         args.format,
@@ -203,10 +241,8 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from keras_inception import models
-
     source = _open(args.data, args, args.split)
-    loaded = [models.create(m, weights=args.weights if m in registry.FAMILIES else None) for m in args.models]
+    loaded = [load_model(m, args.weights if m in registry.FAMILIES else None) for m in args.models]
     size = loaded[0].input_shape[1] or registry.family(DEFAULT_MODEL).default_size
     print(f"{'+'.join(m.name for m in loaded)} on {args.data}")
     print("| crops | images | top-1 error % | top-5 error % |")
@@ -280,7 +316,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="keras-inception", description=__doc__, formatter_class=fmt)
+    p = Parser(prog="keras-inception", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser(
@@ -314,7 +350,7 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help=f"a network ({', '.join(MODEL_NAMES)}) or a .keras file (a fine-tuned model, with its classes)",
     )
-    r.add_argument("--weights", help="with a network name: a tag or a weights file (default: imagenet)")
+    r.add_argument("--weights", help=f"{WEIGHTS_HELP} (default: imagenet)")
     r.add_argument("--top", type=int, default=5, help="classes shown per image")
     r.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     _fold_option(r, "run")
@@ -324,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
         "export", help="SavedModel for TF Serving, TFLite / LiteRT, ONNX, or OpenVINO", formatter_class=fmt
     )
     e.add_argument("source", help="model name (with --weights), .keras file, or slim checkpoint / archive")
-    e.add_argument("--weights", help="with a model name: a tag (imagenet, ...) or a weights file")
+    e.add_argument("--weights", help=f"{WEIGHTS_HELP} (default: imagenet)")
     e.add_argument("--format", choices=export.FORMATS, default="savedmodel", help="what to write")
     e.add_argument("--quantize", choices=export.QUANTIZATIONS, default="none", help="TFLite quantization")
     e.add_argument(
@@ -419,9 +455,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--data", required=True, help="image folder, TFRecord glob, or tfds:NAME")
     v.add_argument("--split", default="validation", help="TFDS split")
     v.add_argument(
-        "--models", nargs="+", required=True, help="model names (with --weights), .keras files or checkpoints"
+        "--model",
+        "--models",
+        dest="models",
+        nargs="+",
+        required=True,
+        help="model names (with --weights), .keras files or checkpoints; several: an ensemble",
     )
-    v.add_argument("--weights", help="for model names: a tag (imagenet, ...) or a weights file")
+    v.add_argument("--weights", help=f"{WEIGHTS_HELP} (default: imagenet)")
     v.add_argument(
         "--crops", type=int, nargs="+", default=[1], choices=evaluation.CROP_SCHEMES, help="crop schemes"
     )
@@ -435,28 +476,58 @@ def parser() -> argparse.ArgumentParser:
         "benchmark", add_help=False, help="speed and memory against peers (options: benchmark --help)"
     )
     b.set_defaults(func=cmd_benchmark, options=[])
+    p.commands = sub.choices
     return p
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str], p: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The command's arguments (``benchmark`` passes its own on to the tool)."""
-    p = parser()
+    p = p or parser()
     args, extra = p.parse_known_args(argv)
     if args.command == "benchmark":
         args.options, extra = extra, []  # tools/benchmark.py parses its own options
     elif args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
         args.output = extra.pop()  # OUTPUT after the options: argparse leaves it over
     if extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
+        p.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
+def in_flags(message: str, command: argparse.ArgumentParser) -> str:
+    """``message`` with the command's flags for the parameters it names (``weights=`` -> ``--weights``)."""
+    for action in command._actions:  # argparse lists a parser's options nowhere public
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag and action.dest.isidentifier():
+            message = re.sub(rf"(?<![\w-]){action.dest}(?:= ?(?=\S)| (?=must\b))", f"{flag} ", message)
+            message = message.replace(f"{flag} None", f"{flag} none")
+    return message
+
+
+def error_line(error: Exception) -> str:
+    """One line for an error a user can cause."""
+    if type(error) is OSError or (isinstance(error, OSError) and error.filename and error.strerror):
+        where = f": {error.filename}" if error.filename else ""
+        advice = "; free some space or write elsewhere" if error.errno == errno.ENOSPC else ""
+        return f"{error.strerror or error}{where}{advice}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(error).__name__  # one line, whatever the library said
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, pointing at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    args = parse(sys.argv[1:] if argv is None else argv, p)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, export.MissingExtraError) as error:
-        print(f"keras-inception {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, export.MissingExtraError) as error:
+        line = in_flags(error_line(error), p.commands[args.command])
+        print(f"keras-inception {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

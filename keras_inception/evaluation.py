@@ -13,7 +13,9 @@ reading).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import keras
@@ -168,9 +170,11 @@ def evaluate(
             if best[0] != label:
                 confusion[(class_names[label], class_names[best[0]])] += 1
         n += len(labels)
-        progress.update(n)
+        with contextlib.redirect_stdout(sys.stderr):  # progress on stderr, results on stdout
+            progress.update(n)
     if not n:
         raise ValueError("the evaluation dataset is empty")
-    progress.update(n, finalize=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        progress.update(n, finalize=True)
     confused = [(t, p, c) for (t, p), c in confusion.most_common(top_confused)]
     return Result(n, 100.0 * (1 - top1 / n), 100.0 * (1 - top5 / n), confused)

@@ -95,6 +95,18 @@ def input_size(model: keras.Model) -> tuple[int, int]:
     return (height or 299, width or 299)
 
 
+def _archive(model: keras.Model) -> keras.export.ExportArchive:
+    """An export archive holding each of ``model``'s variables once, as ``variables``.
+
+    ``archive.track(model)`` would store every variable twice (the Keras variables it
+    tracks and the ``tf.Variable`` the endpoints capture, as ``variables/*`` and
+    ``_all_variables/*``); the collection of the ``tf.Variable`` themselves shares them.
+    """
+    archive = keras.export.ExportArchive()
+    archive.add_variable_collection("variables", [v.value for v in model.variables])
+    return archive
+
+
 def export_saved_model(
     model: keras.Model,
     directory: str,
@@ -154,8 +166,7 @@ def export_saved_model(
         )
         return respond(images)
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive = _archive(model)
     archive.add_endpoint(
         "serving_default",
         from_pixels,
@@ -204,8 +215,7 @@ def export_tflite(
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     size = input_size(model)
     with tempfile.TemporaryDirectory() as tmp:  # via SavedModel: the converter freezes its variables
-        archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive = _archive(model)
         archive.add_endpoint(
             "serve",
             lambda images: model(images, training=False),
@@ -232,7 +242,7 @@ def _convert(converter, quantize: str, calibration) -> bytes:
     elif quantize == "int8":
         samples = list(calibration or [])
         if not samples:
-            raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+            raise ValueError("int8 quantization needs calibration images: calibration=DIR")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s[np.newaxis].astype(np.float32)] for s in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -316,7 +326,7 @@ def export_openvino(
         raise ValueError(f"an OpenVINO model is written as FILE.xml (and FILE.bin), not {path!r}")
     samples = list(calibration or [])
     if precision == "int8" and not samples:
-        raise ValueError("int8 quantization needs calibration images (--calibration DIR)")
+        raise ValueError("int8 quantization needs calibration images: calibration=DIR")
     try:
         import openvino
 
@@ -326,8 +336,7 @@ def export_openvino(
         raise _missing_extra(error, "openvino") from error
     size = input_size(model)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive = _archive(model)
         archive.add_endpoint(
             "serve",
             lambda images: model(images, training=False),
@@ -418,6 +427,39 @@ class ExportResult:
     agreement: dict[str, float]  # :func:`compare` on check images (and a latency for TFLite)
 
 
+SUFFIXES = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+
+
+def check_options(
+    fmt: str,
+    output: str | None = None,
+    quantize: str = "none",
+    calibration: str | None = None,
+    precision: str | None = None,
+) -> None:
+    """Refuse, before any work, options of :func:`export_model` that do not go together."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"quantize={quantize} applies to format=tflite only")
+    if precision is not None and fmt != "openvino":
+        raise ValueError(f"precision={precision} applies to format=openvino only")
+    if precision is not None and precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
+    if "int8" in (quantize, precision) and not calibration:
+        raise ValueError("int8 quantization needs calibration images: calibration=DIR")
+    if calibration and not os.path.isdir(calibration):
+        raise FileNotFoundError(f"calibration folder not found: {calibration}")
+    suffix = os.path.splitext(output.rstrip("/"))[1] if output else SUFFIXES[fmt]
+    if output and suffix != SUFFIXES[fmt]:
+        wanted = f"FILE{SUFFIXES[fmt]}" if SUFFIXES[fmt] else "a folder (no suffix)"
+        other = next((f for f, s in SUFFIXES.items() if s and s == suffix), None)
+        hint = f" (for {suffix}: format={other})" if other else ""
+        raise ValueError(f"format={fmt} writes {wanted}; output={output!r} has {suffix or 'no suffix'}{hint}")
+
+
 def export_model(
     model: keras.Model,
     fmt: str = "savedmodel",
@@ -438,12 +480,7 @@ def export_model(
     ``precision`` OpenVINO's (default float32); both int8 calibrate on ``calibration``'s
     images (the first 100).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if quantize != "none" and fmt != "tflite":
-        raise ValueError(f"--quantize {quantize} applies to tflite only")
-    if precision is not None and fmt != "openvino":
-        raise ValueError(f"--precision {precision} applies to openvino only")
+    check_options(fmt, output, quantize, calibration, precision)
     if fold_batchnorm:
         model = inference.fold_batchnorm(model)
     size = input_size(model)

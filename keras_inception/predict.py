@@ -69,6 +69,9 @@ def classify(
     background first) outputs, else the class index. The images run through the model's
     inference form (:func:`inference.fold_batchnorm`) unless ``fold_batchnorm`` is false.
     """
+    for name, value in (("top", top), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = size or export.input_size(model)
     results: list[Prediction] = []

@@ -39,6 +39,7 @@ import pathlib
 import shutil
 import socket
 import ssl
+import sys
 import tarfile
 import tempfile
 import threading
@@ -409,14 +410,15 @@ def download(entry: registry.PretrainedConfig, directory: str) -> str:
             if expected is not None:
                 files.ensure_space(directory, expected)
             progress = keras.utils.Progbar(expected, unit_name="B") if expected else None
-            print(f"Downloading {url}")
+            print(f"Downloading {url}", file=sys.stderr)  # progress on stderr, results on stdout
             window_start, window_bytes = start, 0
             while chunk := response.read1(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 if progress:
-                    progress.update(received)
+                    with contextlib.redirect_stdout(sys.stderr):
+                        progress.update(received)
                 now = time.monotonic()
                 if received > limit:
                     raise WeightsError(f"archive {url} passed the bound of {limit} bytes ({MAX_ARCHIVE_ENV})")

@@ -5,10 +5,10 @@ without TensorFlow, the error names the extra that installs it.
 
 Keep TensorFlow's start-up log lines out of the ``keras-inception`` command's output:
 TensorFlow writes its oneDNN, CPU-feature and CUDA-probing notices straight to file
-descriptor 2 while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read. For the
-command (not for the library), :func:`quiet_tensorflow` raises that level to errors
-only and drops those notices from what the import writes; any other line still
-reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps everything.
+descriptor 2 while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read.
+:func:`quiet_tensorflow` drops those notices from what the package's import writes; any
+other line still reaches stderr. For the command (not for the library) it also raises
+that level to errors only. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps everything.
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ def is_command() -> bool:
 
 @contextlib.contextmanager
 def quiet_tensorflow() -> Iterator[None]:
-    """Within: TensorFlow's start-up notices written to stderr are dropped."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+    """Within: TensorFlow's start-up notices written to stderr are dropped (and, for the
+    command, its later log lines below errors)."""
+    if is_command():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         yield
         return
     sys.stderr.flush()

@@ -160,3 +160,14 @@ def test_cli_export_saved_model_checks_itself(model, tmp_path, capsys):
     assert f"-> {os.path.join(out, '1')}" in printed
     agreement = float(printed.split("max_abs_diff ")[1].split()[0].rstrip(","))
     assert agreement <= 1e-4
+
+
+def test_saved_model_holds_each_variable_once(model, saved_model, tmp_path):
+    keras_file = str(tmp_path / "m.keras")
+    model.save(keras_file)
+    weights = sum(v.numpy().nbytes for v in model.variables)
+    variables = export.disk_size(os.path.join(saved_model, "variables"))
+    assert weights <= variables < 1.05 * weights  # not twice (variables/* and _all_variables/*)
+    assert export.disk_size(saved_model) < 1.05 * os.path.getsize(keras_file)
+    names = [v.name for v in tf.saved_model.load(saved_model).variables]
+    assert len(names) == len(set(names)) == len(model.variables)

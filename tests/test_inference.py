@@ -204,7 +204,7 @@ def test_cli_predict_and_evaluate_fold_unless_told(tiny_file, folds, tmp_path, c
     for name in "abc":
         (tmp_path / "data" / name).mkdir(parents=True)
         _photo(tmp_path / "data" / name / "x.png")
-    command = ["evaluate", "--data", str(tmp_path / "data"), "--models", tiny_file]
+    command = ["evaluate", "--data", str(tmp_path / "data"), "--model", tiny_file]
     assert cli.main(command) == 0
     assert len(folds) == 2 and not batchnorms(folds[1])
     assert cli.main([*command, "--no-fold-batchnorm"]) == 0

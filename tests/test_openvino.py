@@ -119,10 +119,11 @@ def test_bad_input_gives_clear_errors(model, source, folder, tmp_path, monkeypat
         return capsys.readouterr().err
 
     assert "calibration" in error("--format", "openvino", "--precision", "int8")
-    assert "--precision bfloat16 applies to openvino only" in error(
+    assert "--precision bfloat16 applies to --format openvino only" in error(
         "--format", "tflite", "--precision", "bfloat16"
     )
-    assert "--quantize int8 applies to tflite only" in error("--format", "openvino", "--quantize", "int8")
+    quantized = error("--format", "openvino", "--quantize", "int8")
+    assert "--quantize int8 applies to --format tflite only" in quantized
     assert "FILE.xml" in error("--format", "openvino", "--output", str(tmp_path / "m.onnx"))
     (tmp_path / "empty").mkdir()
     assert "no JPEG/PNG" in error("--format", "openvino", "--calibration", str(tmp_path / "empty"))

@@ -251,6 +251,7 @@ def test_cli_predict_batches_reports_bad_files_and_exits_1(v3_checkpoint, tmp_pa
     scored = [line.split(maxsplit=1) for line in out.splitlines() if line.startswith("  ")]
     assert len(scored) == 3 * len(names) and all(name in classes for _, name in scored)
     assert err.splitlines() == [
+        f"weights: {h5}",
         f"cannot read image {bad}: not an image (unknown format)",
         f"cannot read image {missing}: no such file",
     ]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import warnings
+import zipfile
 
 import keras
 
 from keras_inception import checkpoint, pretrained, registry
+from keras_inception.models import base
 from keras_inception.models.base import end_points, feature_extractor, multiply_adds
 from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
 from keras_inception.models.inception_v3 import InceptionV3
@@ -31,14 +36,55 @@ def create(source: str, weights=None, **kwargs) -> keras.Model:
     checkpoint / archive (family detected from its variables); ``kwargs`` go to the builder."""
     if source in MODELS:
         return MODELS[source](weights=weights, **kwargs)
+    if not is_path(source):
+        close = difflib.get_close_matches(_plain(source), [_plain(n) for n in MODELS], n=1)
+        hint = f" (did you mean {next(n for n in MODELS if _plain(n) == close[0])}?)" if close else ""
+        raise ValueError(
+            f"unknown model {source!r}{hint}; choose one of {list(MODELS)}, or give a .keras file, "
+            "a slim checkpoint or an archive"
+        )
+    if source.endswith(".keras") and not os.path.isfile(source):
+        raise FileNotFoundError(f"model file not found: {source}")
     resolved = pretrained.resolve_source(source)
     if weights is not None:
-        raise ValueError(f"weights= is for model names; {source!r} brings its own")
+        raise ValueError(f"weights= is for model names; {source} holds its own weights: leave weights= out")
     if resolved.kind == "keras":
-        return keras.saving.load_model(resolved.value)
+        return load_model(resolved.value)
     if resolved.kind == "weights_h5":
         raise ValueError(f"{source} holds weights only: build the model by name with weights={source!r}")
     return from_checkpoint(resolved, **kwargs)[0]
+
+
+def _plain(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def is_path(source: str) -> bool:
+    """``source`` names a file (existing or not, a checkpoint prefix included), not a model."""
+    suffixes = (*pretrained.KERAS_SUFFIXES, *pretrained.ARCHIVE_SUFFIXES, ".h5", ".ckpt", ".index")
+    exists = os.path.exists(source) or os.path.exists(f"{source}.index")
+    return exists or os.sep in source or source.endswith(suffixes)
+
+
+def load_model(path: str) -> keras.Model:
+    """A ``.keras`` image classifier, or one line saying why ``path`` is not one."""
+    base.check_keras_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = keras.saving.load_model(path)
+        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"cannot load {path}: {reason}") from None
+    shape = tuple(model.inputs[0].shape) if len(getattr(model, "inputs", None) or ()) == 1 else None
+    if shape is None or len(shape) != 4 or len(model.outputs[0].shape) != 2:
+        shapes = [tuple(t.shape) for t in model.inputs] if getattr(model, "inputs", None) else "unknown"
+        raise ValueError(
+            f"{path} is not an image classifier (inputs {shapes}; expected one (batch, height, width, "
+            "channels) input and class scores out): give a model written by keras-inception "
+            "(convert, finetune or train)"
+        )
+    return model
 
 
 @dataclasses.dataclass
@@ -77,5 +123,7 @@ __all__ = [
     "feature_extractor",
     "from_checkpoint",
     "get",
+    "is_path",
+    "load_model",
     "multiply_adds",
 ]

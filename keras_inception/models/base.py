@@ -9,7 +9,10 @@ way.
 
 from __future__ import annotations
 
+import re
 import string
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
 import keras
@@ -101,9 +104,54 @@ def build(
     model_inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else inputs
     model = keras.Model(model_inputs, outputs, name=name or family.name)
     model.end_points = dict(b.end_points)
-    if source is not None:
+    if source is None:
+        pass
+    elif source.is_slim:
         pretrained.load(model, source, family.name, truncated=final_endpoint is not None)
+    else:
+        load_weights(model, source.value)
     return model
+
+
+def check_keras_file(path: str) -> None:
+    """Refuse, in one line, a ``.keras`` / ``.weights.h5`` path that is not such a file.
+
+    Keras reports an empty or truncated ``.keras`` as "File not found", and an empty
+    ``.weights.h5`` with a raw h5py traceback.
+    """
+    import h5py  # a dependency of Keras
+
+    if path.endswith(".keras"):
+        fits, what = zipfile.is_zipfile(path), "a .keras file (a zip archive)"
+    else:
+        fits, what = h5py.is_hdf5(path), "a .weights.h5 file (HDF5)"
+    if not fits:
+        raise ValueError(
+            f"{path} is not {what}: it is empty, truncated or of another format; "
+            "save or download it again"
+        )
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """``model.load_weights(path)``, or one line saying why the file does not fit ``model``."""
+    check_keras_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns once per layer it cannot match
+        try:
+            model.load_weights(path)
+        except (OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"weights={path!r} is damaged ({error}); save or download it again") from None
+        except ValueError as error:
+            missing = re.search(r"A total of (\d+) objects could not be loaded", str(error))
+            what = (
+                f"{missing[1]} of its layers have no weights in the file"
+                if missing
+                else str(error).strip().splitlines()[0]
+            )
+            raise ValueError(
+                f"weights={path!r} does not fit {model.name}: {what}; give weights saved from "
+                f"{model.name} built with the same classes and heads"
+            ) from None
 
 
 def validate(
@@ -140,6 +188,8 @@ def validate(
     if weights is None:
         return None
     source = pretrained.resolve_source(weights, family.name)
+    if source.kind in ("keras", "weights_h5"):
+        check_keras_file(source.value)
     if source.is_slim and width != 1.0:
         raise ValueError(f"slim checkpoints exist only for width=1.0, got width={width}")
     if source.kind == "pretrained" and include_top:
