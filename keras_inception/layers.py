@@ -184,25 +184,72 @@ def recomputation():
         _RECOMPUTING.reset(token)
 
 
+VARIANCE_UPDATES = ("biased", "unbiased")
+
+
 @keras.saving.register_keras_serializable(package="keras_inception")
 class BatchNorm(layers.BatchNormalization):
     """Keras's ``BatchNormalization``, whose training step runs TensorFlow's fused kernel, as
-    slim's ``batch_norm(fused=True)`` and Keras 2 did.
+    slim's ``batch_norm(fused=True)`` and Keras 2 did, and whose moving variance can take
+    the batch's unbiased variance, as slim's does.
 
     Keras 3 normalises a batch in separate float32 ops (cast, moments, normalise), so under
     ``mixed_bfloat16`` every activation is kept twice for the backward pass, once in float32.
     ``FusedBatchNormV3`` takes the bfloat16 activations as they are (statistics in float32)
     and has its own gradient: Inception-ResNet-v2's bfloat16 step at batch 32 went from 3.1
-    to 5.5 images/s and its peak RSS from 7.7 to 6.7 GB on a 2-core Xeon. The moving
-    statistics are updated as Keras's are (the batch's biased variance). Inference, other
-    backends, float64, masks, renorm and synchronised statistics take Keras's own path; the
-    variables and config are Keras's. Recomputed for a backward pass (inside
-    :func:`recomputation`), it leaves the moving statistics alone: they had this batch.
+    to 5.5 images/s and its peak RSS from 7.7 to 6.7 GB on a 2-core Xeon. Inference, other
+    backends, float64, masks, renorm and synchronised statistics take Keras's ops; the
+    variables are Keras's. Recomputed for a backward pass (inside :func:`recomputation`),
+    it leaves the moving statistics alone: they had this batch.
+
+    ``variance_update``: which batch variance the moving variance takes, on every path and
+    backend. ``"biased"`` (the default, Keras's: the variance the batch is normalised with)
+    or ``"unbiased"`` (times ``n / (n - 1)``, ``n`` the values per channel: slim's fused
+    batch norm, which slim's arg scopes build, TF1's and PyTorch's);
+    :class:`~keras_inception.training.Recipe` sets it when a model is compiled. Renorm
+    keeps Keras's own update (``"biased"``).
     """
 
+    def __init__(self, *args, variance_update: str = "biased", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.variance_update = variance_update
+
+    @property
+    def variance_update(self) -> str:
+        return self._variance_update
+
+    @variance_update.setter
+    def variance_update(self, value: str) -> None:
+        if value not in VARIANCE_UPDATES:
+            raise ValueError(f"variance_update must be one of {VARIANCE_UPDATES}, got {value!r}")
+        if value == "unbiased" and self.renorm:
+            raise ValueError(f"{self.name}: renorm keeps its own statistics; use variance_update='biased'")
+        self._variance_update = value
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "variance_update": self.variance_update}
+
     def call(self, inputs, training=None, mask=None):
-        if not (training and mask is None and len(inputs.shape) == 4 and self.fused_training()):
+        if not (training and self.trainable) or self.renorm:
             return super().call(inputs, training=training, mask=mask)
+        if mask is None and len(inputs.shape) == 4 and self.fused_training():
+            return self._fused_step(inputs)
+        if self.variance_update == "biased":
+            return super().call(inputs, training=training, mask=mask)
+        return self._unbiased_step(inputs, mask)
+
+    def fused_training(self) -> bool:
+        """Whether a training call (4-D, no mask) runs the fused kernel."""
+        return (
+            self.trainable
+            and not self.renorm
+            and not self.synchronized
+            and keras.backend.backend() == "tensorflow"
+            and self.axis in (-1, 3)
+            and self.compute_dtype in ("float16", "bfloat16", "float32")  # the kernel's types
+        )
+
+    def _fused_step(self, inputs):
         import tensorflow as tf
 
         channels = inputs.shape[-1]
@@ -221,22 +268,46 @@ class BatchNorm(layers.BatchNormalization):
         )
         if _RECOMPUTING.get():  # the backward pass runs this batch again: its statistics are in
             return y
-        n = ops.cast(ops.size(inputs) // channels, "float32")
-        variance = variance * (n - 1.0) / n  # the kernel returns the unbiased variance
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(moving * self.momentum + ops.cast(batch, moving.dtype) * (1.0 - self.momentum))
+        if self.variance_update == "biased":  # the kernel returns the unbiased variance
+            n = ops.cast(ops.size(inputs) // channels, "float32")
+            variance = variance * (n - 1.0) / n
+        self._update_moving(mean, variance)
         return y
 
-    def fused_training(self) -> bool:
-        """Whether a training call (4-D, no mask) runs the fused kernel."""
-        return (
-            self.trainable
-            and not self.renorm
-            and not self.synchronized
-            and keras.backend.backend() == "tensorflow"
-            and self.axis in (-1, 3)
-            and self.compute_dtype in ("float16", "bfloat16", "float32")  # the kernel's types
+    def _unbiased_step(self, inputs, mask):
+        """Keras's training step in Keras ops, the moving variance taking the unbiased variance."""
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(x, mask)
+        n = self._count(x, mask)
+        self._update_moving(mean, variance * n / ops.maximum(n - 1.0, 1.0))  # n = 1: 0, as TF's kernel
+        outputs = ops.batch_normalization(
+            x,
+            mean,
+            variance,
+            axis=self.axis,
+            offset=ops.cast(self.beta, x.dtype) if self.center else None,
+            scale=ops.cast(self.gamma, x.dtype) if self.scale else None,
+            epsilon=self.epsilon,
         )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _count(self, x, mask):
+        """How many values each channel's statistics were computed from (the global batch's
+        when synchronised)."""
+        if mask is not None:
+            return ops.sum(ops.cast(mask, x.dtype))
+        channels = math.prod(x.shape[a] for a in range(len(x.shape)) if a not in self._reduction_axes)
+        n = ops.cast(ops.size(x) // channels, x.dtype)
+        if self.synchronized:  # the TensorFlow backend's: its moments all-reduce the counts too
+            import tensorflow as tf
+
+            context = tf.distribute.get_replica_context()
+            n = context.all_reduce(tf.distribute.ReduceOp.SUM, n) if context else n
+        return n
+
+    def _update_moving(self, mean, variance) -> None:
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + ops.cast(batch, moving.dtype) * (1.0 - self.momentum))
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")

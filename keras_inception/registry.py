@@ -26,7 +26,10 @@ class Family:
             where slim has no such network (Inception-ResNet-v1).
         depths: blocks per stage (35x35, 17x17, 8x8) of the published network.
         logits_scope: scope of the classifier layer.
-        aux_conv_scope: scope of the aux head's 768-filter convolution.
+        aux_conv_scope: scope of the aux head's 768-filter convolution, formatted with its
+            kernel's height and width (Inception-v3's ``Conv2d_2a_{}x{}``).
+        aux_kernel: the largest side of that convolution's kernel (Inception-v3: 5, slim's
+            ``_reduced_kernel_size_for_small_input``); ``None``: the whole map it reads.
         aux_logits_scope: scope of the aux classifier layer.
         conv_logits: classifiers are 1x1 convolutions (Inception-v3), not dense layers.
         default_size: input side with ``include_top=True``.
@@ -44,6 +47,7 @@ class Family:
     logits_scope: str = DENSE_LOGITS_SCOPE
     aux_conv_scope: str = "AuxLogits/Conv2d_2a_5x5"
     aux_logits_scope: str = "AuxLogits/Logits"
+    aux_kernel: int | None = None
     conv_logits: bool = False
     default_size: int = 299
     min_size: int = 75
@@ -93,7 +97,9 @@ FAMILIES: dict[str, Family] = {
             "InceptionV3",
             depths=(3, 4, 2),
             logits_scope="Logits/Conv2d_1c_1x1",
+            aux_conv_scope="AuxLogits/Conv2d_2a_{}x{}",
             aux_logits_scope="AuxLogits/Conv2d_2b_1x1",
+            aux_kernel=5,
             conv_logits=True,
             aux_stddevs=(0.01, 0.001),
         ),

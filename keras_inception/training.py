@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import keras
@@ -30,7 +31,7 @@ from keras_inception.startup import import_tensorflow
 tf = import_tensorflow(__name__, "tf.data and tf.distribute training")
 
 from keras_inception import registry, runs  # noqa: E402
-from keras_inception.layers import output_layers  # noqa: E402
+from keras_inception.layers import VARIANCE_UPDATES, BatchNorm, output_layers  # noqa: E402
 from keras_inception.models.base import all_layers  # noqa: E402
 from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
 from keras_inception.remat import rematerialize  # noqa: E402
@@ -49,6 +50,10 @@ class Recipe:
             (``w -= lr * weight_decay * w``; biases and BatchNorm betas excluded).
         ema_decay: decay of the parameter moving average (``None``: none); slim's
             warm-up ``min(ema_decay, (1 + step) / (10 + step))`` applies.
+        moving_variance: the batch variance BatchNorm's moving variance takes:
+            ``"unbiased"`` (times ``n / (n - 1)``, ``n`` the values per channel), as slim's
+            fused batch norm does, or ``"biased"``, Keras's. :func:`compile_model` sets it
+            on every :class:`~keras_inception.layers.BatchNorm` (``variance_update``).
     """
 
     learning_rate: float = 0.045
@@ -64,6 +69,7 @@ class Recipe:
     ema_decay: float | None = 0.9999
     clipnorm: float | None = None
     warmup_epochs: float = 0.0
+    moving_variance: str = "unbiased"
 
     @classmethod
     def slim(cls, **changes) -> Recipe:
@@ -83,6 +89,10 @@ class Recipe:
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.moving_variance not in VARIANCE_UPDATES:
+            raise ValueError(
+                f"moving_variance must be one of {VARIANCE_UPDATES}, got {self.moving_variance!r}"
+            )
 
 
 def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> SlimRMSprop:
@@ -120,6 +130,24 @@ def add_l2_loss(model: keras.Model, weight_decay: float, biases: bool = False) -
                 variable.regularizer = keras.regularizers.L2(weight_decay / 2.0)
                 count += 1
     return count
+
+
+def set_variance_update(model: keras.Model, update: str) -> int:
+    """Set every :class:`~keras_inception.layers.BatchNorm`'s moving-variance update
+    (``"unbiased"`` or ``"biased"``); returns how many were set. Keras's own
+    ``BatchNormalization`` layers keep Keras's biased update (a warning says how many).
+    """
+    norms = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    ours = [layer for layer in norms if isinstance(layer, BatchNorm)]
+    for layer in ours:
+        layer.variance_update = update
+    if update == "unbiased" and len(ours) < len(norms):
+        warnings.warn(
+            f"{len(norms) - len(ours)} BatchNormalization layers are Keras's own: their moving variance "
+            "keeps Keras's biased update (keras_inception.layers.BatchNorm takes the unbiased one)",
+            stacklevel=3,
+        )
+    return len(ours)
 
 
 def outputs_logits(model: keras.Model) -> bool:
@@ -165,7 +193,8 @@ def compile_model(
     top_k_metrics: bool = True,
     remat: Sequence[str] | bool | None = None,
 ) -> keras.Model:
-    """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics.
+    """Compile with the recipe: loss, weight decay, optimizer with averages, top-1 / top-5 metrics,
+    BatchNorm's moving-variance update.
 
     ``remat``: the end points up to which a training step recomputes its activations in
     the backward pass (:func:`keras_inception.remat.rematerialize`; ``None`` or ``True``:
@@ -173,6 +202,7 @@ def compile_model(
     """
     if recipe.weight_decay and recipe.weight_decay_mode == "l2":
         add_l2_loss(model, recipe.weight_decay, l2_biases)
+    set_variance_update(model, recipe.moving_variance)
     losses, weights = loss_spec(model, recipe)
     optimizer = make_optimizer(recipe, steps_per_epoch)
     optimizer.build(model.trainable_variables)

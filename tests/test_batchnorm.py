@@ -1,6 +1,14 @@
 """layers.BatchNorm: Keras's BatchNormalization whose training step runs TensorFlow's fused
 kernel. Checked against Keras's own layer computed in float64 (outputs, gradients, moving
-statistics), and in the networks (built with it, saved and reloaded as it)."""
+statistics), and in the networks (built with it, saved and reloaded as it). Its unbiased
+moving-variance update is checked against slim's fused batch norm in a TF1 graph, on
+every path and backend."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
 
 import keras
 import numpy as np
@@ -8,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
+from keras_inception import training
 from keras_inception.layers import BatchNorm
 
 SHAPE = (4, 7, 5, 6)
@@ -85,8 +94,142 @@ def test_networks_are_built_with_it_and_reload_as_it(tmp_path):
     model = ki.InceptionV3(weights=None, input_shape=(75, 75, 3), width=0.25, depths=(1, 1, 1), classes=5)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(type(layer) is BatchNorm for layer in norms)
+    assert training.set_variance_update(model, "unbiased") == len(norms)
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert type(again.get_layer(norms[0].name)) is BatchNorm
+    assert {layer.variance_update for layer in again.layers if isinstance(layer, BatchNorm)} == {"unbiased"}
     x = np.random.default_rng(2).uniform(-1, 1, (2, 75, 75, 3)).astype(np.float32)
     np.testing.assert_allclose(again(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6)
+
+
+TINY = (4, 1, 1, 6)  # 1x1 maps at batch 4: n / (n - 1) = 4 / 3
+MOMENTUM, INITIAL_VARIANCE = 0.5, 2.0
+
+
+def tiny_batch() -> np.ndarray:
+    return np.random.default_rng(5).normal(2.0, 3.0, TINY)
+
+
+def slim_fused_step(x: np.ndarray) -> dict[str, np.ndarray]:
+    """slim's ``batch_norm(fused=True, scale=False)`` training step in a TF1 graph:
+    ``tf.compat.v1.nn.fused_batch_norm`` and ``assign_moving_average`` of its mean and variance."""
+    graph = tf.Graph()
+    with graph.as_default():
+        v1 = tf.compat.v1
+        channels = x.shape[-1]
+        moving_mean = v1.Variable(np.zeros(channels, np.float32))
+        moving_variance = v1.Variable(np.full(channels, INITIAL_VARIANCE, np.float32))
+        y, mean, variance = v1.nn.fused_batch_norm(
+            x.astype(np.float32), np.ones(channels, np.float32), np.zeros(channels, np.float32),
+            epsilon=0.001, is_training=True,
+        )  # fmt: skip
+        updates = [
+            moving.assign_sub((moving - value) * (1.0 - MOMENTUM))
+            for moving, value in ((moving_mean, mean), (moving_variance, variance))
+        ]
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            out, *_ = session.run([y, *updates])
+            return {"y": out, "mean": session.run(moving_mean), "var": session.run(moving_variance)}
+
+
+def tiny_layer(update: str, dtype: str = "float32", synchronized: bool = False) -> BatchNorm:
+    layer = BatchNorm(
+        momentum=MOMENTUM, epsilon=0.001, scale=False, variance_update=update, dtype=dtype,
+        synchronized=synchronized,
+    )  # fmt: skip
+    layer.build(TINY)
+    layer.moving_variance.assign(np.full(TINY[-1], INITIAL_VARIANCE))
+    return layer
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize(
+    "dtype,synchronized", [("float32", False), ("float64", False), ("float32", True)],
+    ids=["fused-kernel", "keras-ops-float64", "keras-ops-synchronized"],
+)  # fmt: skip
+def test_unbiased_update_is_slims_fused_batch_norm_on_1x1_maps(dtype, synchronized):
+    x = tiny_batch()
+    reference = slim_fused_step(x)
+    layers = {update: tiny_layer(update, dtype, synchronized) for update in ("unbiased", "biased")}
+    assert layers["unbiased"].fused_training() == (dtype == "float32" and not synchronized)
+    outputs = {update: layer(tf.constant(x, dtype), training=True) for update, layer in layers.items()}
+    unbiased = layers["unbiased"]
+    assert relative(unbiased.moving_variance, reference["var"]) <= 1e-6
+    assert relative(unbiased.moving_mean, reference["mean"]) <= 1e-6
+    assert relative(outputs["unbiased"], reference["y"]) <= 1e-5  # normalised with the biased variance
+    # "biased" moves the variance by (n - 1) / n = 3/4 of the unbiased step
+    steps = {k: np.asarray(m.moving_variance) - MOMENTUM * INITIAL_VARIANCE for k, m in layers.items()}
+    np.testing.assert_allclose(steps["biased"], 0.75 * steps["unbiased"], rtol=1e-6)
+    np.testing.assert_allclose(steps["biased"], (1.0 - MOMENTUM) * x.var(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(outputs["biased"], outputs["unbiased"])
+
+
+BACKEND_STEP = """
+import json, sys
+import numpy as np
+from keras_inception.layers import BatchNorm
+x, momentum, initial = np.array(json.loads(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+out = {}
+for update in ("unbiased", "biased"):
+    layer = BatchNorm(momentum=momentum, epsilon=0.001, scale=False, variance_update=update)
+    layer.build(x.shape)
+    layer.moving_variance.assign(np.full(x.shape[-1], initial))
+    layer(x.astype("float32"), training=True)
+    out[update] = np.asarray(layer.moving_variance).tolist()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=pytest.mark.slow), "torch"])
+def test_other_backends_take_the_same_update(backend):
+    pytest.importorskip(backend)
+    x = tiny_batch()
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [json.dumps(x.tolist()), str(MOMENTUM), str(INITIAL_VARIANCE)]
+    run = subprocess.run(
+        [sys.executable, "-c", BACKEND_STEP, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert relative(got["unbiased"], slim_fused_step(x)["var"]) <= 1e-6
+    biased = MOMENTUM * INITIAL_VARIANCE + (1.0 - MOMENTUM) * x.var(axis=(0, 1, 2))
+    assert relative(got["biased"], biased) <= 1e-6
+
+
+def test_variance_update_is_saved_and_old_files_keep_the_biased_one():
+    layer = BatchNorm(scale=False, variance_update="unbiased")
+    config = layer.get_config()
+    assert config["variance_update"] == "unbiased"
+    assert BatchNorm.from_config(config).variance_update == "unbiased"
+    del config["variance_update"]  # a file saved before the option: it trained with Keras's update
+    assert BatchNorm.from_config(config).variance_update == "biased"
+    with pytest.raises(ValueError, match=r"variance_update must be one of \(.biased., .unbiased.\), got 'x'"):
+        BatchNorm(variance_update="x")
+    with pytest.raises(ValueError, match="renorm keeps its own statistics; use variance_update='biased'"):
+        BatchNorm(renorm=True, variance_update="unbiased")
+
+
+def test_recipe_sets_the_update_and_warns_for_keras_own_layers():
+    inputs = keras.Input((3, 3, 4))
+    x = BatchNorm(name="ours")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    training.compile_model(model, training.Recipe.slim(), steps_per_epoch=1, top_k_metrics=False)
+    assert model.get_layer("ours").variance_update == "unbiased"
+    training.compile_model(
+        model, training.Recipe.slim(moving_variance="biased"), steps_per_epoch=1, top_k_metrics=False
+    )
+    assert model.get_layer("ours").variance_update == "biased"
+    foreign = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="1 BatchNormalization layers are Keras's own: their moving var"):
+        training.compile_model(foreign, training.Recipe.slim(), steps_per_epoch=1, top_k_metrics=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.compile_model(foreign, training.Recipe(moving_variance="biased"), 1, top_k_metrics=False)
+    with pytest.raises(ValueError, match=r"moving_variance must be one of \(.biased., .unbiased.\), got 'x'"):
+        training.Recipe.slim(moving_variance="x")

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import randomize
+from slim_kit import random_variables, write_checkpoint
 
 import keras_inception as ki
-from keras_inception import registry, slim
+from keras_inception import checkpoint, registry, slim
+from keras_inception.checkpoint import CheckpointError
 from keras_inception.models import MODELS, get
 
 FAMILIES = list(MODELS)  # keras.applications' MODEL_LIST, timm's list_models()
 SLIM_FAMILIES = [name for name in FAMILIES if registry.family(name).slim_scope]
 REDUCED = {"depths": (1, 1, 1), "input_shape": (75, 75, 3)}
+NARROW = {"depths": (1, 1, 1), "width": 0.25}
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 # slim's end points of the base networks at 299x299, in order (batch dimension dropped).
@@ -305,3 +308,31 @@ def test_feature_extractor_and_reloaded_models(tmp_path):
     model.save(tmp_path / "m.keras")
     with pytest.raises(ValueError, match="no recorded end points"):
         ki.end_points(keras.saving.load_model(tmp_path / "m.keras"))
+
+
+def test_inception_v3_aux_conv_is_named_and_shaped_as_slims_at_every_size():
+    """slim's ``_reduced_kernel_size_for_small_input``: the map's size up to 5x5, in the name too;
+    a larger map (where slim's squeeze refuses it) is averaged, as timm's aux head does."""
+    for size, k, averaged in ((139, 1, False), (203, 3, False), (347, 5, True)):
+        model = ki.InceptionV3(input_shape=(size, size, 3), classes=5, aux_logits=True, **NARROW)
+        assert model.get_layer(f"AuxLogits-Conv2d_2a_{k}x{k}").kernel.shape[:2] == (k, k)
+        assert ("AuxLogits-global_pool" in [layer.name for layer in model.layers]) == averaged
+        assert model.output_shape == [(None, 5), (None, 5)]
+
+
+def test_slim_checkpoint_made_at_139_with_its_aux_head_loads_strictly(tmp_path):
+    """slim's Inception-v3 at 139x139 names its aux conv ``Conv2d_2a_1x1`` (a 1x1 map); the
+    public checkpoints' ``Conv2d_2a_5x5`` (299x299) has no place in that model."""
+    public = random_variables("inception_v3", seed=4)
+    old = "InceptionV3/AuxLogits/Conv2d_2a_5x5/"
+    at_139 = {
+        name.replace(old, old.replace("5x5", "1x1")): value[2:3, 2:3] if name == f"{old}weights" else value
+        for name, value in public.items()
+    }
+    prefix = write_checkpoint(at_139, str(tmp_path / "ckpt" / "model.ckpt"), "V2")
+    model = ki.InceptionV3(weights=prefix, input_shape=(139, 139, 3), classes=1001, aux_logits=True)
+    kernel = model.get_layer("AuxLogits-Conv2d_2a_1x1").kernel
+    np.testing.assert_array_equal(kernel, at_139["InceptionV3/AuxLogits/Conv2d_2a_1x1/weights"])
+    assert slim.manifest(model, "InceptionV3") == {name: value.shape for name, value in at_139.items()}
+    with pytest.raises(CheckpointError, match="has no variable InceptionV3/AuxLogits/Conv2d_2a_1x1/weights"):
+        checkpoint.assign(model, public, "inception_v3")

@@ -284,8 +284,19 @@ def _main_head(b: Builder, family: registry.Family, x, classes: int, dropout_rat
     return _output(b, logits, activation, "")
 
 
+def reduced_kernel_size(size: tuple[int, int], kernel: tuple[int, int]) -> tuple[int, int]:
+    """slim's ``_reduced_kernel_size_for_small_input``: ``kernel``, no larger than the map ``size``."""
+    return min(size[0], kernel[0]), min(size[1], kernel[1])
+
+
 def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
-    """avg-pool 5x5/3 -> 1x1 conv 128 -> conv 768 over the whole map -> logits."""
+    """avg-pool 5x5/3 -> 1x1 conv 128 -> conv 768 -> logits.
+
+    The 768-filter convolution spans the whole map, or (Inception-v3) slim's reduced
+    kernel, named after it: ``Conv2d_2a_5x5`` at 299x299, ``Conv2d_2a_1x1`` at 139x139.
+    Where that leaves a map larger than 1x1 (Inception-v3 from 347x347 up, where slim's
+    spatial squeeze refuses it), the map is averaged, as timm's aux head does.
+    """
     size = tuple(x.shape[1:3])
     if None in size or min(size) < 5:
         raise ValueError(
@@ -299,9 +310,13 @@ def _aux_head(b: Builder, family: registry.Family, x, classes: int, activation):
         else [None, b.initializer() if family.conv_logits else "glorot_uniform"]
     )
     x = b.conv(x, 128, 1, "AuxLogits/Conv2d_1b_1x1")
-    x = b.conv(
-        x, 768, tuple(x.shape[1:3]), family.aux_conv_scope, padding="valid", kernel_initializer=conv_init
-    )
+    kernel = tuple(x.shape[1:3])
+    if family.aux_kernel is not None:
+        kernel = reduced_kernel_size(kernel, (family.aux_kernel, family.aux_kernel))
+    scope = family.aux_conv_scope.format(*kernel)
+    x = b.conv(x, 768, kernel, scope, padding="valid", kernel_initializer=conv_init)
+    if tuple(x.shape[1:3]) != (1, 1):
+        x = layers.GlobalAveragePooling2D(keepdims=True, name=keras_name("AuxLogits/global_pool"))(x)
     if not family.conv_logits:
         x = layers.Flatten(name=keras_name("AuxLogits/Flatten"))(x)
     logits = _classifier(x, classes, family.aux_logits_scope, family.conv_logits, logits_init)

@@ -43,7 +43,9 @@ def InceptionV3(
     depths: tuple[int, int, int] = FAMILY.depths,
     final_endpoint: str | None = None,
 ) -> keras.Model:
-    """Inception-v3 as slim builds it (aux head on the last 17x17 block, ``Mixed_6e``).
+    """Inception-v3 as slim builds it (aux head on the last 17x17 block, ``Mixed_6e``; its
+    768-filter convolution takes slim's reduced kernel, named after it: ``Conv2d_2a_5x5`` at
+    299x299, ``Conv2d_2a_1x1`` at 139x139).
 
     Same arguments as :func:`~keras_inception.InceptionV4`; ``width`` is slim's
     ``depth_multiplier``, ``depths`` the 35x35, 17x17 and 8x8 block counts (slim 3, 4, 2;
