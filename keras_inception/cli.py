@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from keras_inception import evaluation, export, registry, training
+from keras_inception import cpu, evaluation, export, registry, training
 
 DEFAULT_MODEL = "inception_v4"
 MODEL_NAMES = sorted(registry.FAMILIES)
@@ -93,6 +93,7 @@ def _open(spec: str, args, split: str):
 
 
 def cmd_train(args) -> int:
+    cpu.check_precision(args.mixed_precision or "float32")  # bfloat16 without bfloat16 units: warned once
     recipe = training.Recipe.slim(
         learning_rate=args.learning_rate,
         warmup_epochs=args.warmup_epochs,

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_inception import files, imagenet, inference, preprocessing
+from keras_inception import cpu, files, imagenet, inference, preprocessing
 from keras_inception.layers import output_layers
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -311,6 +311,7 @@ def export_openvino(
         raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
     if not path.endswith(".xml"):
         raise ValueError(f"an OpenVINO model is written as FILE.xml (and FILE.bin), not {path!r}")
+    cpu.check_precision(precision)  # bfloat16 on a CPU without bfloat16 units: warned once
     samples = list(calibration or [])
     if precision == "int8" and not samples:
         raise ValueError("int8 quantization needs calibration images (--calibration DIR)")

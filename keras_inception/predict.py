@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
-from keras_inception import export, inference, preprocessing
+from keras_inception import cpu, export, inference, preprocessing
 from keras_inception.data import IMAGE_EXTENSIONS
 
 Prediction = tuple[str, list[tuple[str, float]]]
@@ -69,6 +69,7 @@ def classify(
     background first) outputs, else the class index. The images run through the model's
     inference form (:func:`inference.fold_batchnorm`) unless ``fold_batchnorm`` is false.
     """
+    cpu.check_precision(model.dtype_policy.name)  # bfloat16 without bfloat16 units: warned once
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = size or export.input_size(model)
     results: list[Prediction] = []
