@@ -58,7 +58,7 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     results = json.loads((tmp_path / "bench.json").read_text())
     peak = results["peak"]
     assert (peak["cpu"], peak["flags"]) == (cpu.current().model, cpu.current().relevant_flags())
-    assert f"on {cpu.current().describe()}, " in text  # the CPU and its flags head every report
+    assert f": {cpu.current().describe()}, {os.cpu_count()} cores" in text  # the CPU and its flags head it
     assert {(r["library"], r["size"]) for r in peak["rows"]["float32"]} == {
         ("numpy", 512), ("tf", 512)
     }
@@ -143,7 +143,7 @@ def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatc
     text = out.read_text()
     assert "measured again after them: inception_v3 Keras float32 batch 1." in text
     assert "| inception_v3 | LiteRT int8 | 1 | 1.00 (1.00-1.00) | 50.0 | - |" in text  # int8: no share
-    assert "x 2 cores: float32 160.0 GFLOP/s (32 FLOP/cycle/core), bfloat16 320.0 GFLOP/s" in text
+    assert "x 2 cores: float32 160.0 GFLOP/s (32 FLOP/cycle/core; measured: 6%), bfloat16 320.0" in text
 
     # a long run split: --append keeps the other models' rows and the recorded peak
     options = options.replace("inception_v3", "inception_v4")

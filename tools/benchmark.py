@@ -561,8 +561,12 @@ def peak_lines(peak: dict) -> list[str]:
         per = theory["flop_per_cycle_per_core"]
         lines[-1] += (
             f" Theoretical at {theory['mhz']:.0f} MHz (/proc/cpuinfo) x {theory['cores']} cores: "
-            + ", ".join(f"{p} {theory[p]:.1f} GFLOP/s ({per[p]} FLOP/cycle/core)" for p in per)
-            + " (FLOP/cycle as tools/peak.py assumes them)."
+            + ", ".join(
+                f"{p} {theory[p]:.1f} GFLOP/s ({per[p]} FLOP/cycle/core; measured: {peak[p] / theory[p]:.0%})"
+                for p in per
+            )
+            + " (FLOP/cycle as tools/peak.py assumes them; a core that boosts above the reported clock "
+            "can beat it)."
         )
     if peak.get("exceeded"):
         over = ", ".join(peak["exceeded"])
