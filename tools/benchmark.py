@@ -611,8 +611,8 @@ def write_report(
             "",
             "ours/peer above 1 means ours is faster. Ours is our Keras model at the peer's precision "
             "(int8: our lowest precision measured); keras.applications and timm have their own random "
-            "weights, OpenVINO runs our exported model. Share: of the matmul peak of the precision "
-            "(bfloat16's for int8).",
+            "weights, OpenVINO runs our exported model. Share: of the matmul peak of the row's precision "
+            "(int8 and float16: none measured, no share).",
             "",
         ]
         lines += reporting.table(
