@@ -13,7 +13,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from keras_inception import evaluation, export, registry, training
+from keras_inception import cpu, evaluation, export, registry, training
 
 if TYPE_CHECKING:
     import keras
@@ -156,6 +156,7 @@ def _run_command(args, work, total: int) -> int:
 
 
 def cmd_train(args) -> int:
+    cpu.check_precision(args.mixed_precision or "float32")  # bfloat16 without bfloat16 units: warned once
     recipe = training.Recipe.slim(
         learning_rate=args.learning_rate,
         warmup_epochs=args.warmup_epochs,

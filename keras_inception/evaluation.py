@@ -25,7 +25,7 @@ from keras_inception.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "tf.data evaluation")
 
-from keras_inception import inference, preprocessing  # noqa: E402
+from keras_inception import cpu, inference, preprocessing  # noqa: E402
 from keras_inception.layers import output_layers  # noqa: E402
 
 GOOGLENET_SCALES = (256, 288, 320, 352)
@@ -139,6 +139,8 @@ def evaluate(
     if scheme not in CROP_SCHEMES:
         raise ValueError(f"crop scheme must be one of {CROP_SCHEMES}, got {scheme}")
     offsets = [_class_offset(model, class_names) for model in models]
+    for model in models:  # bfloat16 without bfloat16 units: warned once
+        cpu.check_precision(model.dtype_policy.name)
     if fold_batchnorm:
         models = [inference.fold_batchnorm(model) for model in models]
     per_batch = max(1, batch_size // scheme)  # images per forward pass

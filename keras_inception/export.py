@@ -23,7 +23,7 @@ from keras_inception.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "SavedModel, LiteRT and ONNX export", extra="export")
 
-from keras_inception import files, imagenet, inference, preprocessing  # noqa: E402
+from keras_inception import cpu, files, imagenet, inference, preprocessing  # noqa: E402
 from keras_inception.layers import output_layers  # noqa: E402
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -324,6 +324,7 @@ def export_openvino(
         raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
     if not path.endswith(".xml"):
         raise ValueError(f"an OpenVINO model is written as FILE.xml (and FILE.bin), not {path!r}")
+    cpu.check_precision(precision)  # bfloat16 on a CPU without bfloat16 units: warned once
     samples = list(calibration or [])
     if precision == "int8" and not samples:
         raise ValueError("int8 quantization needs calibration images: calibration=DIR")

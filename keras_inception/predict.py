@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
-from keras_inception import export, inference, preprocessing
+from keras_inception import cpu, export, inference, preprocessing
 from keras_inception.data import IMAGE_EXTENSIONS
 
 Prediction = tuple[str, list[tuple[str, float]]]
@@ -72,6 +72,7 @@ def classify(
     for name, value in (("top", top), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    cpu.check_precision(model.dtype_policy.name)  # bfloat16 without bfloat16 units: warned once
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = size or export.input_size(model)
     results: list[Prediction] = []

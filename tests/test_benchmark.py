@@ -1,5 +1,6 @@
 """The benchmark and reproduction tools run end to end on tiny configurations (speed is never asserted)."""
 
+import importlib.util
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_inception import cli
+from keras_inception import cli, cpu
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -31,8 +32,10 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
             "off",
             "--repeats",
             "1",
-            "--matmul-size",
-            "256",
+            "--peak-sizes",
+            "512",
+            "--peak-seconds",
+            "0.2",
             "--image-size",
             "75",
             "--skip-deploy",
@@ -53,7 +56,15 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert "| inception_v3 | keras.applications float32 | 1 |" in text
     assert "## Ours against peers" in text and "### mixed_bfloat16 against float32" in text
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert results["peak"]["float32"] > 0
+    peak = results["peak"]
+    assert (peak["cpu"], peak["flags"]) == (cpu.current().model, cpu.current().relevant_flags())
+    assert f": {cpu.current().describe()}, {os.cpu_count()} cores" in text  # the CPU and its flags head it
+    assert {(r["library"], r["size"]) for r in peak["rows"]["float32"]} == {
+        ("numpy", 512), ("tf", 512)
+    }
+    assert peak["float32"] == max(r["gflops"] for r in peak["rows"]["float32"]) > 0
+    assert "exceeded" not in peak  # no row above the peak of its precision
+    assert all(r["best_gflops"] <= peak[r["precision"]] for r in results["inference"])
     rows = {r["path"]: r for r in results["inference"]}
     assert rows["Keras mixed_bfloat16"]["cosine"] > 0.99  # same weights, lower precision
     assert rows["Keras float32 folded"]["cosine"] > 0.999999  # the inference form: same function
@@ -68,8 +79,9 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
 def test_benchmark_training_alone_in_rounds(tmp_path):
     """--batch-sizes with no value: no inference rows or sections; a training case in 2 rounds."""
     out = tmp_path / "train.md"
-    options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes --repeats 1"
-    options += " --matmul-size 128 --peers --train-batch-sizes 2 --train-precisions float32 --train-rounds 2"
+    options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes"
+    options += " --repeats 1 --peak-sizes 128 --peak-seconds 0.1 --peers --train-batch-sizes 2"
+    options += " --train-precisions float32 --train-rounds 2"
     options += " --sizes --scaling-models --profile-models"
     assert cli.main(["benchmark", *options.split(), "--output", str(out)]) == 0
     text = out.read_text()
@@ -79,6 +91,66 @@ def test_benchmark_training_alone_in_rounds(tmp_path):
     assert (row["who"], row["precision"], row["rounds"]) == ("ours", "float32", 2)
     assert row["min"] <= row["median"] <= row["max"] and 0 < row["built_rss_gb"] <= row["peak_rss_gb"]
     assert "| inception_v3 | ours | float32 | 2 |" in text
+
+
+def _load_tool(name: str):
+    """A tools/ file as a module (its functions see attributes patched on it)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peak_theory_by_cpu_flags():
+    """FLOP per cycle per core as tools/peak.py assumes them (its measurement runs in the tiny benchmark)."""
+    peak = _load_tool("peak")
+    zen4 = frozenset({"avx2", "fma", "avx512f", "avx512_bf16"})
+    amx = zen4 | {"amx_bf16"}
+    assert peak.flop_per_cycle(zen4, vendor_amd=True) == {"float32": 32, "bfloat16": 64}
+    assert peak.flop_per_cycle(amx, vendor_amd=False) == {"float32": 64, "bfloat16": 1024}
+    assert peak.flop_per_cycle(frozenset({"avx2", "fma"}), vendor_amd=True) == {"float32": 32, "bfloat16": 32}
+    theory = peak.theoretical(2, 2500.0, zen4, True)
+    assert (theory["float32"], theory["bfloat16"]) == (160.0, 320.0)
+
+
+def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatch):
+    """No share above 100%: a row faster than the peak makes the tool measure the peak again,
+    and if the row still beats it, the report says so and the run fails."""
+    benchmark = _load_tool("benchmark")
+    peaks = []
+
+    def machine_peak(args):
+        peaks.append(len(peaks))
+        rows = {p: [{"library": "tf", "size": 64, "gflops": 10.0}] for p in ("float32", "bfloat16")}
+        theory = {"flop_per_cycle_per_core": {"float32": 32, "bfloat16": 64}, "cores": 2, "mhz": 2500.0}
+        return {"float32": 10.0, "bfloat16": 10.0, "rows": rows, "theoretical": {**theory, "float32": 160.0,
+                "bfloat16": 320.0}}  # fmt: skip
+
+    def inference_rows(args, name, skipped):
+        row = {"model": name, "peer": "", "batch": 1, "median": 1.0, "min": 1.0, "max": 1.0, "cosine": 1.0}
+        return [
+            {**row, "path": "Keras float32", "precision": "float32", "gflops": 9.0, "best_gflops": 11.0},
+            {**row, "path": "LiteRT int8", "precision": "int8", "gflops": 50.0, "best_gflops": 50.0},
+        ]
+
+    monkeypatch.setattr(benchmark, "machine_peak", machine_peak)
+    monkeypatch.setattr(benchmark, "inference_rows", inference_rows)
+    monkeypatch.setattr(benchmark, "training_rows", lambda args, name, skipped: [])
+    out = tmp_path / "bench.md"
+    options = "--models inception_v3 --precisions float32 --profile-models --scaling-models --skip-deploy"
+    assert benchmark.main([*options.split(), "--output", str(out)]) == 1
+    assert peaks == [0, 1]  # measured again once
+    text = out.read_text()
+    assert "measured again after them: inception_v3 Keras float32 batch 1." in text
+    assert "| inception_v3 | LiteRT int8 | 1 | 1.00 (1.00-1.00) | 50.0 | - |" in text  # int8: no share
+    assert "x 2 cores: float32 160.0 GFLOP/s (32 FLOP/cycle/core; measured: 6%), bfloat16 320.0" in text
+
+    # a long run split: --append keeps the other models' rows and the recorded peak
+    options = options.replace("inception_v3", "inception_v4")
+    assert benchmark.main(["--append", *options.split(), "--output", str(out)]) == 1
+    assert peaks == [0, 1, 2]  # only the re-measure: the first peak came from the file
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["model"] for r in results["inference"]] == ["inception_v3"] * 2 + ["inception_v4"] * 2
 
 
 def _record(experiment: str, model: str, seed: int, top1: list[float], **extra) -> dict:

@@ -25,7 +25,8 @@ def importable(module: str, python: str = sys.executable) -> bool:
 def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench.md"
     options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes 2 --xla off"
-    options += " --precisions float32 mixed_bfloat16 --repeats 2 --matmul-size 128 --skip-deploy"
+    options += " --precisions float32 mixed_bfloat16 --repeats 2 --peak-sizes 128 --peak-seconds 0.1"
+    options += " --skip-deploy"
     options += " --peers keras.applications openvino timm --train-batch-sizes 2 --train-rounds 2"
     options += " --train-precisions mixed_bfloat16"
     options += f" --sizes --scaling-models --profile-models --torch-python {TORCH_PYTHON}"

@@ -86,7 +86,7 @@ def test_benchmark_help_is_the_tools(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["benchmark", "--help"])
     assert done.value.code == 0
-    assert "--matmul-size" in capsys.readouterr().out  # tools/benchmark.py's own options
+    assert "--peak-sizes" in capsys.readouterr().out  # tools/benchmark.py's own options
 
 
 @pytest.mark.parametrize("path", GUIDES, ids=os.path.basename)

@@ -1,0 +1,129 @@
+"""The machine's matmul limit, measured as a BLAS benchmark does, beside the CPU's theoretical one.
+
+    python tools/peak.py                          # float32 and bfloat16, sizes 1024 2048 4096
+    python tools/peak.py --sizes 512 --seconds 1  # quick
+    python tools/peak.py worker tf bfloat16 4096 --seconds 3   # one size, one process
+
+Every (library, precision, size) runs in a fresh process of its own (no pool, cache or thread
+state carried from one to the next), calls an n x n matmul for about ``--seconds`` (at least 3
+calls) after one warm-up and keeps the fastest call: GFLOP/s = 2 n^3 / seconds. float32 runs
+through NumPy's BLAS and through TensorFlow (oneDNN); bfloat16 through TensorFlow (oneDNN).
+A precision's peak is its fastest size and library.
+
+The theoretical limit is FLOP per cycle per core x cores x the clock /proc/cpuinfo reports (the
+base clock on most machines: a core that boosts can beat it). FLOP per cycle, float32: 32 on
+AVX2 + FMA (two 256-bit FMA pipes) and on AMD Zen 4's AVX-512 (a 512-bit FMA takes both 256-bit
+pipes, one per cycle), 64 on Intel's AVX-512 (two 512-bit FMA ports; some parts have one); 16 on
+SSE alone. bfloat16: 1024 with AMX (a tile multiply, 16x16x32 in 16 cycles), twice float32's
+with AVX512_BF16 (vdpbf16ps: two products per 32-bit lane), else float32's (converted, emulated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PRECISIONS = {"float32": ("numpy", "tf"), "bfloat16": ("tf",)}
+
+
+def fastest_call(call, seconds: float) -> float:
+    """Seconds of the fastest call of ``call`` over about ``seconds`` (at least 3 calls) after a warm-up."""
+    call()
+    best, start, calls = float("inf"), time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t)
+        calls += 1
+    return best
+
+
+def worker(library: str, precision: str, n: int, seconds: float) -> float:
+    """GFLOP/s of the fastest n x n matmul in this process."""
+    if library == "numpy":
+        import numpy as np
+
+        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+        call = lambda: a @ a  # noqa: E731
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        a = tf.cast(tf.random.normal((n, n), seed=0), precision)
+        f = tf.function(lambda: tf.reduce_sum(tf.matmul(a, a)[0, :1]))  # fetches one value, not n^2
+        call = lambda: f().numpy()  # noqa: E731
+    return 2 * n**3 / fastest_call(call, seconds) / 1e9
+
+
+def measure(sizes: list[int], seconds: float, precisions=tuple(PRECISIONS)) -> dict:
+    """``{precision: {"gflops": best, "rows": [{library, size, gflops}, ...]}}``, each row a
+    fresh process of this file."""
+    result = {}
+    for precision in precisions:
+        rows = []
+        for library in PRECISIONS[precision]:
+            for n in sizes:
+                command = [sys.executable, __file__, "worker", library, precision, str(n)]
+                command += ["--seconds", str(seconds)]
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                rows.append({"library": library, "size": n, "gflops": float(out.strip().splitlines()[-1])})
+        result[precision] = {"gflops": max(r["gflops"] for r in rows), "rows": rows}
+    return result
+
+
+def flop_per_cycle(flags: frozenset[str], vendor_amd: bool) -> dict[str, int]:
+    """Per core, by the rules in this file's docstring."""
+    fp32 = 16
+    if "avx2" in flags and "fma" in flags:
+        fp32 = 32
+    if "avx512f" in flags and not vendor_amd:
+        fp32 = 64
+    bf16 = 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32
+    return {"float32": fp32, "bfloat16": bf16}
+
+
+def cpuinfo_mhz(path: str = "/proc/cpuinfo") -> float | None:
+    try:
+        with open(path) as f:
+            return max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
+    except (OSError, ValueError):  # no such file, or no "cpu MHz" line
+        return None
+
+
+def theoretical(cores: int, mhz: float | None, flags: frozenset[str], vendor_amd: bool) -> dict:
+    """``{precision: GFLOP/s}`` (None without a clock) and the assumptions behind them."""
+    per_cycle = flop_per_cycle(flags, vendor_amd)
+    return {
+        "flop_per_cycle_per_core": per_cycle,
+        "cores": cores,
+        "mhz": mhz,
+        **{p: (f * cores * mhz / 1e3 if mhz else None) for p, f in per_cycle.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", choices=("measure", "worker"), default="measure")
+    p.add_argument("args", nargs="*", help="worker: LIBRARY PRECISION SIZE")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--seconds", type=float, default=3.0, help="time spent calling each size")
+    p.add_argument("--output", help="also write the result here (JSON, for benchmark.py --peak)")
+    args = p.parse_args(argv)
+    if args.command == "worker":
+        library, precision, n = args.args
+        print(worker(library, precision, int(n), args.seconds))
+        return 0
+    result = json.dumps(measure(args.sizes, args.seconds), indent=1)
+    print(result)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(result + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
