@@ -142,3 +142,33 @@ def test_training_follows_the_tensorflow_backend(backend, training_reference):
     assert losses[-1] < losses[0]  # it trains
     assert loss_gap < LOSS_TOLERANCE
     assert differences[worst] < WEIGHT_TOLERANCE, (worst, differences[worst])
+
+
+@pytest.mark.slow  # JAX compiles the network's step twice (one device, two): minutes on 2 cores
+@needs("jax")
+def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
+    """keras.distribution.DataParallel over two host devices trains as one device on the global batch
+    (BatchNorm statistics over the global batch: under GSPMD the ops are global)."""
+    job = os.path.join(ROOT, "tests", "distribution_job.py")
+    env = backend_env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, job, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    print(results)
+    assert results["devices"] == 2
+    np.testing.assert_allclose(results["data_parallel_loss"], results["one_device_loss"], rtol=1e-5)
+    # measured: losses 8.4e-7 apart, weights 4.9e-4 at most (the first stem kernel, values up to 0.26,
+    # as between backends: its gradient sums the most terms, so reduction order shows there first)
+    assert results["largest_difference"] < 2e-3, results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_killed_and_resumed_on_backend(backend):
+    """tests/test_runs.py's kill-and-resume check (slim's recipe with averages, tf.data input) on
+    this backend: the resumed run ends with the uninterrupted run's weights and best.keras."""
+    test = os.path.join(ROOT, "tests", "test_runs.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    cmd += ["-k", "resumed_run_with_averages"]
+    done = subprocess.run(cmd, env=backend_env(backend), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed" in done.stdout
