@@ -91,7 +91,7 @@ class SlimRMSprop(keras.optimizers.Optimizer):
             if "float" not in str(variable.dtype):
                 continue
             average = self.add_variable_from_reference(variable, "average")
-            average.assign(variable)
+            average.assign(keras.ops.copy(variable))  # JAX: its own buffer (a step donates both)
             self.averaged_variables.append(variable)
             self.averages.append(average)
 

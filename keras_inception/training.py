@@ -19,6 +19,7 @@ included), learning rate 0.045 x 0.94 every 2 epochs (staircase), label smoothin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -198,8 +199,11 @@ def compile_model(
 
     ``remat``: the end points up to which a training step recomputes its activations in
     the backward pass (:func:`keras_inception.remat.rematerialize`; ``None`` or ``True``:
-    the stem's, where it can; ``()`` or ``False``: none).
+    the stem's, where it can; ``()`` or ``False``: none). On JAX and PyTorch the run says
+    once what stays TensorFlow-only (:data:`TENSORFLOW_ONLY`) and carries on.
     """
+    if keras.backend.backend() != "tensorflow":
+        _note_tensorflow_only(keras.backend.backend())
     if recipe.weight_decay and recipe.weight_decay_mode == "l2":
         add_l2_loss(model, recipe.weight_decay, l2_biases)
     set_variance_update(model, recipe.moving_variance)
@@ -215,6 +219,18 @@ def compile_model(
         jit_compile=jit_compile,
     )
     return rematerialize(model, remat)
+
+
+TENSORFLOW_ONLY = (
+    "on the {} backend, training runs without what is TensorFlow-only: TF1's RMSProp kernel "
+    "(the same update runs in Keras ops) and the stem's rematerialisation (every activation is kept)"
+)
+
+
+@functools.cache
+def _note_tensorflow_only(backend: str) -> None:
+    """Says :data:`TENSORFLOW_ONLY` once per process."""
+    warnings.warn(TENSORFLOW_ONLY.format(backend), stacklevel=3)
 
 
 def get_strategy(name: str = "one-device", tpu: str | None = None) -> tf.distribute.Strategy:
