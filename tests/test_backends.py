@@ -162,6 +162,7 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
     assert results["largest_difference"] < 2e-3, results
 
 
+@pytest.mark.slow  # 27 s on torch; the loss-curve parity above keeps torch in the default run
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_killed_and_resumed_on_backend(backend):
     """tests/test_runs.py's kill-and-resume check (slim's recipe with averages, tf.data input) on

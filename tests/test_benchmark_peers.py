@@ -22,6 +22,7 @@ def importable(module: str, python: str = sys.executable) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # 76 s of a 2-core default run; the tiny benchmark of test_benchmark.py stays
 def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench.md"
     options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes 2 --xla off"
