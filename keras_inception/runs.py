@@ -103,7 +103,7 @@ def resume_line(run: Run, total: int, phase: Callable[[int], str] | None = None)
     return f"resuming from epoch {run.epoch + 1} of {total}{where}{adjusted}"
 
 
-_held: dict[str, list] = {}  # real path of a locked folder -> [lock file, holders in this process]
+_held: dict[str, list] = {}  # real path of a locked folder -> [lock file, holders here, created here]
 
 
 def _holder(lock) -> str:
@@ -129,6 +129,7 @@ def acquire_folder(directory: str) -> None:
     unknown = os.path.isdir(directory) and [f for f in os.listdir(directory) if not f.startswith(".")]
     if unknown and not os.path.exists(os.path.join(directory, SETTINGS)):
         raise ValueError(f"{directory} is not empty and holds no training run: choose another output folder")
+    created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
     lock = open(os.path.join(directory, LOCK), "a+")  # noqa: SIM115 (open while the lock is held)
     try:
@@ -149,11 +150,12 @@ def acquire_folder(directory: str) -> None:
     lock.truncate()
     lock.write(f"{os.getpid()} {command}\n")  # byte 0 is the one Windows locks
     lock.flush()
-    _held[key] = [lock, 1]
+    _held[key] = [lock, 1, created]
 
 
 def release_folder(directory: str) -> None:
-    """Undo one :func:`acquire_folder`; the last one releases the OS lock."""
+    """Undo one :func:`acquire_folder`; the last one releases the OS lock, and removes the
+    folder if it made it and nothing was written there (a run refused before it began)."""
     key = os.path.realpath(directory)
     entry = _held.get(key)
     if not entry:
@@ -161,7 +163,13 @@ def release_folder(directory: str) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[key]
+        unused = entry[2] and os.listdir(key) == [LOCK]
+        if unused:
+            os.remove(os.path.join(key, LOCK))  # still held: no other run can have taken it
         entry[0].close()  # closing releases the lock (and so does the process ending)
+        if unused:
+            with contextlib.suppress(OSError):
+                os.rmdir(key)
 
 
 @contextlib.contextmanager

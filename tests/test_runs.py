@@ -294,3 +294,16 @@ def test_a_second_run_is_refused_while_another_process_writes_the_folder(tmp_pat
         assert run.epoch == 0
         with open(os.path.join(out, runs.LOCK)) as f:
             assert f.read()[1:].startswith(f"{os.getpid()} ")  # the holder now named in the lock file
+
+
+def test_a_run_refused_before_it_began_leaves_no_folder(tmp_path):
+    made, kept = tmp_path / "made", tmp_path / "kept"
+    kept.mkdir()
+    for folder in (made, kept):
+        with runs.locked_folder(str(folder)):
+            assert (folder / runs.LOCK).exists()
+    assert not made.exists()  # made for the run and left empty: removed with its lock
+    assert [p.name for p in kept.iterdir()] == [runs.LOCK]  # the user's folder stays
+    with runs.locked_folder(str(made)):
+        (made / "state.json").write_text("{}")
+    assert (made / "state.json").exists()  # a folder that was written to stays
