@@ -12,7 +12,7 @@ TensorFlow's by nature (``preprocessing``'s image decoding, ``data``, ``evaluati
 
 import importlib as _importlib
 
-from keras_inception import startup as _startup
+from keras_inception.core import startup as _startup
 
 with _startup.quiet_tensorflow():
     try:
@@ -26,9 +26,9 @@ with _startup.quiet_tensorflow():
             name="tensorflow",
         ) from None
 
-from keras_inception import pretrained, registry  # noqa: E402
-from keras_inception.imagenet import decode_predictions, preprocess_input
-from keras_inception.layers import ScaleSum
+from keras_inception.core import registry  # noqa: E402
+from keras_inception.input.imagenet import decode_predictions, preprocess_input
+from keras_inception.input.transform import eval_transform
 from keras_inception.models import (
     MODELS,
     InceptionResNetV1,
@@ -39,7 +39,8 @@ from keras_inception.models import (
     feature_extractor,
     multiply_adds,
 )
-from keras_inception.transform import eval_transform
+from keras_inception.nn.layers import ScaleSum
+from keras_inception.weights import pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -60,11 +61,24 @@ __all__ = [
     "registry",
 ]
 
-_ON_FIRST_USE = ("preprocessing", "data", "evaluation", "export", "training")
+# The package's short names for its modules (``ki.data``, ``from keras_inception import predict``),
+# imported when first used: most need TensorFlow, and ``import keras_inception`` must not.
+_ON_FIRST_USE = {
+    "preprocessing": "input.preprocessing",
+    "data": "input.pipelines",
+    "evaluation": "train.evaluation",
+    "export": "deploy.export",
+    "training": "train.training",
+    "finetune": "train.finetune",
+    "runs": "train.runs",
+    "predict": "deploy.predict",
+    "hub": "deploy.hub",
+    "inference": "deploy.folding",
+}
 
 
 def __getattr__(name: str):
-    """``ki.preprocessing`` and the other TensorFlow modules, imported when first used."""
+    """``ki.data`` and the package's other short names, imported when first used."""
     if name in _ON_FIRST_USE:
-        return _importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{_ON_FIRST_USE[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

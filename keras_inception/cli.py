@@ -13,7 +13,9 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from keras_inception import cpu, evaluation, export, registry, training
+from keras_inception.core import cpu, registry
+from keras_inception.deploy import export
+from keras_inception.train import evaluation, training
 
 if TYPE_CHECKING:
     import keras
@@ -25,7 +27,7 @@ WEIGHTS_HELP = "with a model name: a tag, a .keras / .weights.h5 file or a slim 
 
 
 def cmd_convert(args) -> int:
-    from keras_inception.convert import convert
+    from keras_inception.deploy.convert import convert
 
     if args.output_option and args.output:
         raise ValueError("give the output once: as OUTPUT or as -o/--output")
@@ -79,7 +81,7 @@ def load_model(source: str, weights: str | None) -> keras.Model:
 
 
 def cmd_predict(args) -> int:
-    from keras_inception import predict
+    from keras_inception.deploy import predict
 
     model = load_model(args.model, args.weights)
     results, failures = predict.classify(
@@ -118,7 +120,7 @@ def cmd_export(args) -> int:
 
 
 def _open(spec: str, args, split: str):
-    from keras_inception import data
+    from keras_inception.input import pipelines as data
 
     return data.open_source(
         spec,
@@ -135,7 +137,7 @@ def _run_command(args, work, total: int) -> int:
     """Run ``work()`` (a training run into ``args.output``), its progress on stderr: 0, or 1 when
     it diverged, or 130 when interrupted, each said in one line (after a line break: a
     progress bar may have been cut short)."""
-    from keras_inception import runs
+    from keras_inception.train import runs
 
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bars
@@ -168,7 +170,7 @@ def cmd_train(args) -> int:
     )
 
     def work():
-        from keras_inception import runs
+        from keras_inception.train import runs
 
         # the folder is locked before the data are read, so a second run is refused at once
         # (multi-worker runs write no run folder: each worker its own backups)
@@ -205,7 +207,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from keras_inception.finetune import finetune
+    from keras_inception.train.finetune import finetune
 
     summary = {}
 

@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 import keras_inception as ki
-from keras_inception import pretrained, training
+from keras_inception.train import training
+from keras_inception.weights import pretrained
 
 
 def relative(a, b: np.ndarray) -> float:

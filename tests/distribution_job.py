@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 import keras_inception as ki
-from keras_inception import training
+from keras_inception.train import training
 
 # two steps: this small random network's training is chaotic from the third on (float32
 # rounding, grown through BatchNorm over near-constant channels, changes the curve on one device too)

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_inception as ki  # noqa: E402
-from keras_inception import training  # noqa: E402
+from keras_inception.train import training  # noqa: E402
 
 GLOBAL_BATCH, STEPS, WORKERS = 8, 3, 2
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_inception.registry import slim_manifest as manifest
+from keras_inception.core.registry import slim_manifest as manifest
 
 
 def random_variables(family: str, seed: int = 0) -> dict[str, np.ndarray]:

@@ -46,7 +46,9 @@ def prepare(directory: str) -> None:
     from slim_kit import pack, random_variables, write_checkpoint
 
     import keras_inception as ki
-    from keras_inception import preprocessing, pretrained, registry
+    from keras_inception.core import registry
+    from keras_inception.input import preprocessing
+    from keras_inception.weights import pretrained
 
     entry = registry.pretrained_config(MODEL, "imagenet")
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +67,7 @@ def prepare(directory: str) -> None:
 def _images() -> str:
     from importlib import resources
 
-    return str(resources.files("keras_inception").joinpath("data/images"))
+    return str(resources.files("keras_inception").joinpath("resources/images"))
 
 
 def keras_backend() -> str:
@@ -203,7 +205,7 @@ def run(directory: str) -> int:
 
     @check("the inference form (BatchNorm folded into the convolutions)")
     def _():
-        from keras_inception import inference
+        from keras_inception.deploy import folding as inference
 
         folded = inference.fold_batchnorm(state["model"])
         assert len(folded.layers) < len(state["model"].layers)
@@ -219,7 +221,8 @@ def run(directory: str) -> int:
         lines = {
             "import keras_inception": "Keras's backend is TensorFlow (its default), which is not installed: "
             "set KERAS_BACKEND=jax or torch, or pip install 'keras-inception[tensorflow]'",
-            "import keras_inception.data": "keras_inception.data needs TensorFlow (tf.data pipelines): "
+            "import keras_inception.input.pipelines": "keras_inception.input.pipelines needs TensorFlow "
+            "(tf.data pipelines): "
             "pip install 'keras-inception[tensorflow]'",
         }
         for code, line in lines.items():

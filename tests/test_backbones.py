@@ -17,9 +17,9 @@ from slim_kit import write_checkpoint
 from test_models import SLIM_BASE_END_POINTS
 
 import keras_inception as ki
-from keras_inception import checkpoint, slim
 from keras_inception.models import get
 from keras_inception.models.inception_resnet import V2_END_POINTS
+from keras_inception.weights import checkpoint, slim
 
 SHALLOW = {"depths": (1, 1, 1)}
 STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")

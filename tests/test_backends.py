@@ -19,7 +19,9 @@ import pytest
 from slim_kit import pack, random_variables, serve, write_checkpoint
 
 import keras_inception as ki
-from keras_inception import pretrained, registry, training
+from keras_inception.core import registry
+from keras_inception.train import training
+from keras_inception.weights import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception import training
-from keras_inception.layers import BatchNorm
+from keras_inception.nn.layers import BatchNorm
+from keras_inception.train import training
 
 SHAPE = (4, 7, 5, 6)
 
@@ -173,7 +173,7 @@ def test_unbiased_update_is_slims_fused_batch_norm_on_1x1_maps(dtype, synchroniz
 BACKEND_STEP = """
 import json, sys
 import numpy as np
-from keras_inception.layers import BatchNorm
+from keras_inception.nn.layers import BatchNorm
 x, momentum, initial = np.array(json.loads(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
 out = {}
 for update in ("unbiased", "biased"):

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_inception import cli, cpu
+from keras_inception import cli
+from keras_inception.core import cpu
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

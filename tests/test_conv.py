@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception.layers import Conv2D
+from keras_inception.nn.layers import Conv2D
 
 SHAPE = (3, 6, 5, 8)
 

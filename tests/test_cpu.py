@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from keras_inception import cpu
+from keras_inception.core import cpu
 
 BASE = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx f16c"
 INTEL_AMX = (
@@ -94,7 +94,7 @@ def test_arm_bf16_and_unreadable_cpuinfo(tmp_path, monkeypatch):
 def test_predict_warns_for_a_bfloat16_model_on_a_cpu_without_it(machine):
     import keras
 
-    from keras_inception import predict
+    from keras_inception.deploy import predict
 
     machine(*AVX2_ONLY)
     keras.config.set_dtype_policy("mixed_bfloat16")

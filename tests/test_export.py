@@ -11,7 +11,9 @@ import tensorflow as tf
 from conftest import randomize
 
 import keras_inception as ki
-from keras_inception import cli, export, preprocessing
+from keras_inception import cli
+from keras_inception.deploy import export
+from keras_inception.input import preprocessing
 
 SIZE = (75, 75)
 

@@ -25,7 +25,10 @@ import numpy as np
 import pytest
 from slim_kit import pack, serve, write_checkpoint
 
-from keras_inception import checkpoint, files, pretrained, registry, runs
+from keras_inception.core import atomic as files
+from keras_inception.core import registry
+from keras_inception.train import runs
+from keras_inception.weights import checkpoint, pretrained
 
 V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 TINY = {
@@ -499,7 +502,7 @@ def test_unreadable_record_refuses_the_archive(tiny_mirror, tmp_path, env, monke
     assert message.endswith(
         "so the archive cannot be checked against it; delete that file to record the archive afresh at "
         "the next fetch, or pin its sha256 with "
-        "keras_inception.pretrained.pin('inception_v3', 'imagenet', SHA256)"
+        "keras_inception.weights.pretrained.pin('inception_v3', 'imagenet', SHA256)"
     )
     assert "\n" not in message
     assert listing(env) == []

@@ -1,6 +1,6 @@
 """KerasHub presets of our models: ``from_preset`` on a local folder, then ``fit``.
 
-keras-hub is optional: only ``keras_inception.hub`` imports it.
+keras-hub is optional: only ``keras_inception.deploy.hub`` imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import randomize
 
 import keras_inception as ki
-from keras_inception import data
+from keras_inception.input import pipelines as data
 
 TINY = {"width": 0.25, "depths": (1, 1, 1)}
 SIZE = 75
@@ -35,7 +35,7 @@ def kh():
 
 @pytest.fixture(scope="module")
 def hub(kh):
-    from keras_inception import hub
+    from keras_inception.deploy import hub
 
     return hub
 
@@ -64,7 +64,7 @@ def test_only_the_hub_module_imports_keras_hub():
         found = imports(path)
         if path.name != "hub.py":
             assert not any(n.split(".")[0] == "keras_hub" for n in found), path
-        assert "keras_inception.hub" not in found, path
+        assert "keras_inception.deploy.hub" not in found, path
 
 
 def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
@@ -100,7 +100,7 @@ def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
 
 
 def test_fine_tuned_inception_v3_keeps_its_dense_head_and_dropout(kh, hub, tmp_path):
-    from keras_inception import finetune
+    from keras_inception.train import finetune
 
     model, _ = finetune.transfer_model(
         "inception_v3", ["a", "b", "c"], weights=None, image_size=SIZE, dropout_rate=0.3, **TINY

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception import imagenet, preprocessing
+from keras_inception.input import imagenet, preprocessing
 
 
 def test_preprocess_input_maps_to_minus_one_one_without_touching_input():

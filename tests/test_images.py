@@ -10,7 +10,9 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 import keras_inception as ki
-from keras_inception import data, export, predict, preprocessing
+from keras_inception.deploy import export, predict
+from keras_inception.input import pipelines as data
+from keras_inception.input import preprocessing
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:

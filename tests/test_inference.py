@@ -8,9 +8,12 @@ from conftest import randomize
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, evaluation, export, inference, predict
-from keras_inception.layers import AdaptedInput, ClassifierOutput, ScaleSum, output_layers
+from keras_inception import cli
+from keras_inception.deploy import export, predict
+from keras_inception.deploy import folding as inference
 from keras_inception.models.base import all_layers
+from keras_inception.nn.layers import AdaptedInput, ClassifierOutput, ScaleSum, output_layers
+from keras_inception.train import evaluation
 
 REDUCED = {"width": 0.25, "depths": (1, 1, 1)}
 

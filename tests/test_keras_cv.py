@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_inception import data
+from keras_inception.input import pipelines as data
 
 SIZE = 75
 BATCH = 4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from slim_kit import random_variables, write_checkpoint  # TensorFlow, in this process only
 
-from keras_inception import pretrained
+from keras_inception.weights import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "import_graph.py")
@@ -25,12 +25,19 @@ def test_no_import_cycles_even_through_function_level_imports():
     assert import_graph.cycles(edges) == []
 
 
-def test_nothing_below_models_imports_models():
+def test_every_folder_is_a_floor_and_nothing_imports_upwards():
     edges = import_graph.graph()
-    for low in ("registry", "files", "layers", "imagenet"):
-        assert edges[f"keras_inception.{low}"] == set(), low
-    for mod in ("checkpoint", "pretrained", "slim", "export", "preprocessing", "data", "evaluation"):
-        assert not any(d.startswith("keras_inception.models") for d in edges[f"keras_inception.{mod}"]), mod
+    folders = {m.split(".")[1] for m in edges if m.count(".") >= 1 and os.path.isdir(
+        os.path.join(ROOT, *m.split(".")[:2]))}  # fmt: skip
+    assert folders == set(import_graph.FLOORS) - {""}  # a new folder is given its floor
+    assert import_graph.upward(edges) == []
+    for low in ("core.registry", "core.atomic", "nn.layers", "input.imagenet"):
+        assert edges[f"keras_inception.{low}"] <= {"keras_inception.core.atomic"}, low
+
+
+def test_an_upward_import_is_found():
+    edges = {"keras_inception.nn.layers": {"keras_inception.models.base"}, "keras_inception.cli": {"x"}}
+    assert import_graph.upward(edges) == [("keras_inception.nn.layers", "keras_inception.models.base")]
 
 
 def test_cycles_are_found():
@@ -53,7 +60,7 @@ sys.meta_path.insert(0, NoTensorFlow())
 import numpy as np
 import keras
 import keras_inception as ki
-from keras_inception import inference
+from keras_inception.deploy import folding as inference
 
 assert keras.backend.backend() == "jax"
 small = dict(include_top=False, input_shape=(75, 75, 3), final_endpoint="Mixed_5b")
@@ -114,11 +121,11 @@ def test_tensorflow_modules_name_the_extra_without_tensorflow(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert run.stdout.splitlines() == [
-        "keras_inception.data needs TensorFlow (tf.data pipelines): "
+        "keras_inception.input.pipelines needs TensorFlow (tf.data pipelines): "
         "pip install 'keras-inception[tensorflow]'",
-        "keras_inception.preprocessing needs TensorFlow (image decoding and tf.image transforms): "
+        "keras_inception.input.preprocessing needs TensorFlow (image decoding and tf.image transforms): "
         "pip install 'keras-inception[tensorflow]'",
-        "keras_inception.export needs TensorFlow (SavedModel, LiteRT and ONNX export): "
+        "keras_inception.deploy.export needs TensorFlow (SavedModel, LiteRT and ONNX export): "
         "pip install 'keras-inception[export]'",
     ], run.stderr[-3000:]
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_inception import cli, pretrained, registry
+from keras_inception import cli
+from keras_inception.core import registry
 from keras_inception.models import base
+from keras_inception.weights import pretrained
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -16,9 +16,10 @@ from conftest import randomize
 from slim_kit import random_variables, write_checkpoint
 
 import keras_inception as ki
-from keras_inception import checkpoint, registry, slim
-from keras_inception.checkpoint import CheckpointError
+from keras_inception.core import registry
 from keras_inception.models import MODELS, get
+from keras_inception.weights import checkpoint, slim
+from keras_inception.weights.checkpoint import CheckpointError
 
 FAMILIES = list(MODELS)  # keras.applications' MODEL_LIST, timm's list_models()
 SLIM_FAMILIES = [name for name in FAMILIES if registry.family(name).slim_scope]

@@ -11,7 +11,8 @@ import pytest
 from conftest import randomize
 
 import keras_inception as ki
-from keras_inception import cli, export
+from keras_inception import cli
+from keras_inception.deploy import export
 
 openvino = pytest.importorskip("openvino")
 

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 from slim_kit import pack, random_variables, write_checkpoint
 
-from keras_inception import cli, pretrained, registry
+from keras_inception import cli
+from keras_inception.core import registry
+from keras_inception.weights import pretrained
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 README = os.path.join(ROOT, "README.md")
@@ -132,7 +134,7 @@ def test_snippets_run(path, mirror, tmp_path, monkeypatch):
         pytest.importorskip(module)
     monkeypatch.chdir(tmp_path)
     os.makedirs("keras_inception/data")
-    os.symlink(os.path.join(ROOT, "keras_inception", "data", "images"), "keras_inception/data/images")
+    os.symlink(os.path.join(ROOT, "keras_inception", "resources", "images"), "keras_inception/data/images")
     rng = np.random.default_rng(0)
     for label in ("daisy", "rose"):
         os.makedirs(f"flowers/{label}")

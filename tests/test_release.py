@@ -15,7 +15,7 @@ PACKAGE = "keras_inception"
 
 
 def source_files() -> set[str]:
-    """Every file of the package in the checkout (modules and ``data/**``), as paths in a wheel."""
+    """Every file of the package in the checkout (modules and ``resources/**``), as paths in a wheel."""
     found = set()
     for folder, dirs, names in os.walk(os.path.join(ROOT, PACKAGE)):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
@@ -49,7 +49,7 @@ def test_the_wheel_holds_every_module_and_data_file(dist):
         names = set(whl.namelist())
     packaged = {n for n in names if n.startswith(f"{PACKAGE}/")}
     expected = source_files()
-    assert any(f.startswith(f"{PACKAGE}/data/slim_manifests/") for f in expected)
+    assert any(f.startswith(f"{PACKAGE}/resources/slim_manifests/") for f in expected)
     missing = sorted(expected - packaged)
     assert missing == [], "in the checkout but not in the wheel: list them in setup.cfg's package_data"
     assert sorted(packaged - expected) == []

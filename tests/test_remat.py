@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception import remat, training
-from keras_inception.layers import Builder, concat, max_pool
+from keras_inception.nn.layers import Builder, concat, max_pool
+from keras_inception.train import remat, training
 
 recompute = remat.recompute
 

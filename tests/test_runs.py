@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception import runs, training
-from keras_inception.layers import Builder, ClassifierOutput
+from keras_inception.nn.layers import Builder, ClassifierOutput
+from keras_inception.train import runs, training
 
 HERE = os.path.dirname(__file__)
 
@@ -136,7 +136,7 @@ import sys
 import numpy as np
 sys.path.insert(0, {here!r})
 from test_runs import fixed_batches, tiny
-from keras_inception import training
+from keras_inception.train import training
 
 class Marker(__import__("keras").callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -266,7 +266,7 @@ def test_non_finite_weights_stop_a_run_whose_loss_is_finite(tmp_path):
 HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from keras_inception import runs
+from keras_inception.train import runs
 runs.acquire_folder(sys.argv[1])
 print("held", flush=True)
 time.sleep(600)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import keras_inception as ki
-from keras_inception import training
+from keras_inception.train import training
 
 BATCH, SIZE, CLASSES = 4, 139, 5
 

@@ -17,8 +17,7 @@ from slim_kit import random_variables, write_checkpoint
 from tensorflow.core.protobuf import tensor_bundle_pb2
 from tensorflow.core.util import saved_tensor_slice_pb2
 
-from keras_inception import checkpoint
-from keras_inception.weights import tf_checkpoint
+from keras_inception.weights import checkpoint, tf_checkpoint
 from keras_inception.weights.tf_checkpoint import CheckpointError
 
 FAMILIES = ("inception_v3", "inception_v4", "inception_resnet_v2")

@@ -16,7 +16,11 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_inception as ki
-from keras_inception import cli, data, evaluation, export, finetune, preprocessing, remat, runs, training
+from keras_inception import cli
+from keras_inception.deploy import export
+from keras_inception.input import pipelines as data
+from keras_inception.input import preprocessing
+from keras_inception.train import evaluation, finetune, remat, runs, training
 
 HERE = os.path.dirname(__file__)
 CIFAR = os.path.join(HERE, "..", "..", "shared", "datasets", "cifar10", "cifar10-train.tar.gz")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_inception as ki
-from keras_inception import preprocessing, transform
+from keras_inception.input import preprocessing, transform
 
 SHAPES = [(299, 299), (300, 400), (400, 300), (37, 53), (1, 1), (8, 500), (333, 250), (75, 75)]
 SIZES = [299, (75, 75), (150, 100), 1]

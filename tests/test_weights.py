@@ -8,8 +8,10 @@ import pytest
 from slim_kit import pack, random_variables, serve, write_checkpoint
 
 import keras_inception as ki
-from keras_inception import checkpoint, cli, pretrained, registry, slim
+from keras_inception import cli
+from keras_inception.core import registry
 from keras_inception.models import get
+from keras_inception.weights import checkpoint, pretrained, slim
 
 V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 

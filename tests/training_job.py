@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 import keras_inception as ki
-from keras_inception import training
+from keras_inception.train import training
 
 SIZE, BATCH, STEPS = 107, 16, 2  # from the third step on, float32 rounding grows into other curves
 # slim's recipe at a fifth of its learning rate: 0.045 makes this small random network's steps

@@ -11,7 +11,7 @@ installed is named as skipped. All ways of running one network are timed interle
 warm-up each, then --repeats rounds timing each once, the order rotated every round. Every
 figure is the median of those calls, with min and max (the best). Training runs each case in
 a fresh process (for its peak RSS).
-Every report names the CPU and its flags (keras_inception.cpu) and the machine's matmul limit
+Every report names the CPU and its flags (keras_inception.core.cpu) and the machine's matmul limit
 per precision (tools/peak.py: several sizes, each in its own process, the best call), beside
 the CPU's theoretical one; a row's share is of its precision's limit (int8 and float16 rows
 have none). A row faster than the limit makes the run measure it again, then flag the row and
@@ -40,8 +40,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import cpu, export, inference, reporting, training  # noqa: E402
+from keras_inception.core import (
+    cpu,  # noqa: E402
+    reporting,  # noqa: E402
+)
+from keras_inception.deploy import export  # noqa: E402
+from keras_inception.deploy import folding as inference  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
+from keras_inception.train import training  # noqa: E402
 
 KERAS_APPLICATIONS = {
     "inception_resnet_v2": keras.applications.InceptionResNetV2,
@@ -789,7 +795,7 @@ def plot_scaling(rows: list[dict], path: str, size: int) -> None:
 
 
 def default_policies() -> list[str]:
-    """float32, and mixed_bfloat16 beside it where the CPU computes bfloat16 fast (keras_inception.cpu)."""
+    """float32, and mixed_bfloat16 beside it where the CPU computes bfloat16 fast (core.cpu)."""
     return list(dict.fromkeys(["float32", cpu.default_policy()]))
 
 

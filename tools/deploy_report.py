@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import export  # noqa: E402
+from keras_inception.deploy import export  # noqa: E402
 from keras_inception.models import create  # noqa: E402
 
 

@@ -18,7 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import evaluation, models, predict, preprocessing  # noqa: E402
+from keras_inception import models  # noqa: E402
+from keras_inception.deploy import predict  # noqa: E402
+from keras_inception.input import preprocessing  # noqa: E402
+from keras_inception.train import evaluation  # noqa: E402
 
 
 def per_image(model, images, scheme: int, size: int) -> None:

@@ -1,6 +1,7 @@
-"""Print the package's import graph (module-level and function-level imports alike) and its cycles.
+"""Print the package's import graph (module-level and function-level imports alike), its cycles and
+any import that climbs to a higher floor.
 
-python tools/import_graph.py        # exits 1 if there is a cycle
+python tools/import_graph.py        # exits 1 if there is a cycle or an upward import
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+# The package's folders from the bottom up: a module imports from its own floor or those below.
+# core: start-up, the family registry, atomic files, CPU facts, reports; input: images in, labels
+# out; nn: layers and blocks; weights: reading checkpoints and the weights zoo; models: the
+# families and their builders; deploy: inference form, predict, export; train: training and
+# evaluation; the package itself and cli.py on top.
+FLOORS = ("core", "input", "nn", "weights", "models", "deploy", "train", "")
 
 
 def modules(root: str = ROOT) -> dict[str, str]:
@@ -44,6 +52,17 @@ def graph(root: str = ROOT) -> dict[str, set[str]]:
     return edges
 
 
+def floor(module: str) -> int:
+    """The floor of ``keras_inception.<folder>.<module>`` (the top floor for the package and cli)."""
+    parts = module.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 1 and parts[1] in FLOORS else len(FLOORS) - 1
+
+
+def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Every import of a module on a higher floor."""
+    return sorted((m, d) for m, deps in edges.items() for d in deps if floor(d) > floor(m))
+
+
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """Every cycle a depth-first search meets."""
     found, state = [], {}
@@ -71,4 +90,6 @@ if __name__ == "__main__":
         print(f"{mod:40s} -> {', '.join(sorted(edges[mod])) or '-'}")
     loops = cycles(edges)
     print("cycles:", loops or "none")
-    sys.exit(1 if loops else 0)
+    climbs = upward(edges)
+    print("upward imports:", climbs or "none")
+    sys.exit(1 if loops or climbs else 0)

@@ -33,8 +33,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_inception  # noqa: E402
-from keras_inception import data, files, registry, reporting, training  # noqa: E402
+from keras_inception.core import atomic as files  # noqa: E402
+from keras_inception.core import (
+    registry,  # noqa: E402
+    reporting,  # noqa: E402
+)
+from keras_inception.input import pipelines as data  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
+from keras_inception.train import training  # noqa: E402
 
 OUT = "docs/reproduction"
 PAIRS = {  # (non-residual, residual), depths chosen so multiply-adds match within 2% at width 0.5, 75x75

@@ -38,8 +38,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from keras_inception import cpu, files, reporting, training  # noqa: E402
+from keras_inception.core import atomic as files  # noqa: E402
+from keras_inception.core import cpu, reporting  # noqa: E402
 from keras_inception.models import MODELS  # noqa: E402
+from keras_inception.train import training  # noqa: E402
 
 IMPORTED_RSS = RSS("VmRSS")  # after TensorFlow, Keras and the package are imported
 KERNEL = re.compile(r"_(\d+x\d+)")

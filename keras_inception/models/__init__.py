@@ -10,12 +10,13 @@ import zipfile
 
 import keras
 
-from keras_inception import checkpoint, pretrained, registry
+from keras_inception.core import registry
 from keras_inception.models import base
 from keras_inception.models.base import end_points, feature_extractor, multiply_adds
 from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
 from keras_inception.models.inception_v3 import InceptionV3
 from keras_inception.models.inception_v4 import InceptionV4
+from keras_inception.weights import checkpoint, pretrained
 
 MODELS = {
     "inception_v3": InceptionV3,

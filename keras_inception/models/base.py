@@ -1,7 +1,7 @@
 """The one build path every network goes through: validation, inputs, heads, weights.
 
 A family module supplies a ``body(b, x)`` that builds the network with a
-:class:`~keras_inception.layers.Builder`, records its end points, and returns the
+:class:`~keras_inception.nn.layers.Builder`, records its end points, and returns the
 final feature map and the tensor the auxiliary head reads; :func:`build` checks
 every argument before any layer exists, then does the rest the keras.applications
 way.
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 import keras
 from keras import layers
 
-from keras_inception import pretrained, registry
-from keras_inception.layers import (
+from keras_inception.core import registry
+from keras_inception.nn.layers import (
     SLIM_BN_MOMENTUM,
     AdaptedInput,
     Builder,
@@ -27,6 +27,7 @@ from keras_inception.layers import (
     FinalEndPoint,
     keras_name,
 )
+from keras_inception.weights import pretrained
 
 POOLINGS = (None, "avg", "max")
 

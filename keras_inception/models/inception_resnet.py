@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from keras_inception import blocks, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, max_pool
+from keras_inception.core import registry
 from keras_inception.models.base import build, check_depths
+from keras_inception.nn import blocks
+from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder, max_pool
 
 V1 = registry.FAMILIES["inception_resnet_v1"]
 V2 = registry.FAMILIES["inception_resnet_v2"]

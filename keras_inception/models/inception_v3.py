@@ -1,6 +1,6 @@
 """Inception-v3, the paper's baseline (slim ``nets/inception_v3.py``).
 
-Every block is a shared one of :mod:`keras_inception.blocks` with Inception-v3's
+Every block is a shared one of :mod:`keras_inception.nn.blocks` with Inception-v3's
 filters and slim's few irregular names.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import keras
 
-from keras_inception import blocks, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, Builder, max_pool
+from keras_inception.core import registry
 from keras_inception.models.base import build, stage_names
+from keras_inception.nn import blocks
+from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder, max_pool
 
 FAMILY = registry.FAMILIES["inception_v3"]
 

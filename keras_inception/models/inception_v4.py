@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import keras
 
-from keras_inception import blocks, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, Builder
+from keras_inception.core import registry
 from keras_inception.models.base import build, stage_names
+from keras_inception.nn import blocks
+from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder
 
 FAMILY = registry.FAMILIES["inception_v4"]
 

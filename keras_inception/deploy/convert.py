@@ -10,7 +10,10 @@ import dataclasses
 
 import numpy as np
 
-from keras_inception import export, models, pretrained, registry
+from keras_inception import models
+from keras_inception.core import registry
+from keras_inception.deploy import export
+from keras_inception.weights import pretrained
 
 
 @dataclasses.dataclass

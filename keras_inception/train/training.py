@@ -3,7 +3,7 @@
 :func:`compile_model` is the one place the loss (label smoothing, aux weight,
 from-logits read from the model's output layer), the weight decay, the optimizer
 with its parameter averages and the metrics are set; :func:`train` runs ``fit`` in a
-resumable :class:`~keras_inception.runs.Run`; :func:`distributed_fit` runs the same
+resumable :class:`~keras_inception.train.runs.Run`; :func:`distributed_fit` runs the same
 loss and optimizer step under ``strategy.run`` for ``MultiWorkerMirroredStrategy``,
 where Keras 3's ``fit`` does not run (keras-team/keras#20585).
 
@@ -27,15 +27,16 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "tf.data and tf.distribute training")
 
-from keras_inception import registry, runs  # noqa: E402
-from keras_inception.layers import VARIANCE_UPDATES, BatchNorm, output_layers  # noqa: E402
+from keras_inception.core import registry  # noqa: E402
 from keras_inception.models.base import all_layers  # noqa: E402
-from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
-from keras_inception.remat import rematerialize  # noqa: E402
+from keras_inception.nn.layers import VARIANCE_UPDATES, BatchNorm, output_layers  # noqa: E402
+from keras_inception.train import runs  # noqa: E402
+from keras_inception.train.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
+from keras_inception.train.remat import rematerialize  # noqa: E402
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -54,7 +55,7 @@ class Recipe:
         moving_variance: the batch variance BatchNorm's moving variance takes:
             ``"unbiased"`` (times ``n / (n - 1)``, ``n`` the values per channel), as slim's
             fused batch norm does, or ``"biased"``, Keras's. :func:`compile_model` sets it
-            on every :class:`~keras_inception.layers.BatchNorm` (``variance_update``).
+            on every :class:`~keras_inception.nn.layers.BatchNorm` (``variance_update``).
     """
 
     learning_rate: float = 0.045
@@ -134,7 +135,7 @@ def add_l2_loss(model: keras.Model, weight_decay: float, biases: bool = False) -
 
 
 def set_variance_update(model: keras.Model, update: str) -> int:
-    """Set every :class:`~keras_inception.layers.BatchNorm`'s moving-variance update
+    """Set every :class:`~keras_inception.nn.layers.BatchNorm`'s moving-variance update
     (``"unbiased"`` or ``"biased"``); returns how many were set. Keras's own
     ``BatchNormalization`` layers keep Keras's biased update (a warning says how many).
     """
@@ -145,7 +146,7 @@ def set_variance_update(model: keras.Model, update: str) -> int:
     if update == "unbiased" and len(ours) < len(norms):
         warnings.warn(
             f"{len(norms) - len(ours)} BatchNormalization layers are Keras's own: their moving variance "
-            "keeps Keras's biased update (keras_inception.layers.BatchNorm takes the unbiased one)",
+            "keeps Keras's biased update (keras_inception.nn.layers.BatchNorm takes the unbiased one)",
             stacklevel=3,
         )
     return len(ours)
@@ -198,7 +199,7 @@ def compile_model(
     BatchNorm's moving-variance update.
 
     ``remat``: the end points up to which a training step recomputes its activations in
-    the backward pass (:func:`keras_inception.remat.rematerialize`; ``None`` or ``True``:
+    the backward pass (:func:`keras_inception.train.remat.rematerialize`; ``None`` or ``True``:
     the stem's, where it can; ``()`` or ``False``: none). On JAX and PyTorch the run says
     once what stays TensorFlow-only (:data:`TENSORFLOW_ONLY`) and carries on.
     """
@@ -280,12 +281,12 @@ def train(
 ) -> keras.Model:
     """Train with the recipe under ``strategy`` (not multi-worker: see :func:`distributed_fit`).
 
-    ``output_dir`` is a :class:`~keras_inception.runs.Run`: rerunning into it after a
+    ``output_dir`` is a :class:`~keras_inception.train.runs.Run`: rerunning into it after a
     kill resumes at the epoch it stopped, optimizer and averages included; ``best.keras``
     is the best validation (or training) top-1 with the averaged weights;
     ``final.keras`` holds the averaged weights, and so does the returned model.
     ``settings`` identify the run (default: the model's name and the recipe). ``remat``:
-    as :func:`compile_model`'s. Stops with :class:`~keras_inception.runs.DivergedError`
+    as :func:`compile_model`'s. Stops with :class:`~keras_inception.train.runs.DivergedError`
     at the first non-finite loss or weights, ``best.keras`` and the state left as they were.
     """
     if epochs < 1:
@@ -348,7 +349,7 @@ def train_network(
     the backward pass (:func:`compile_model`'s default), or keep all its activations.
     Says on stderr what it will train (unless ``verbose`` is 0).
     """
-    from keras_inception import data
+    from keras_inception.input import pipelines as data
     from keras_inception.models import get
 
     if epochs < 1:

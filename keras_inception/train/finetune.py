@@ -3,7 +3,7 @@
 The base is called with ``training=False``, so its BatchNormalization layers stay in
 inference mode (ImageNet statistics used and kept) in both phases, and BatchNorm
 stays frozen when the top blocks are unfrozen. Both phases run in one
-:class:`~keras_inception.runs.Run`: ``best.keras`` is the best validation top-1 of the
+:class:`~keras_inception.train.runs.Run`: ``best.keras`` is the best validation top-1 of the
 whole run, and a killed run resumes where it stopped, in either phase. The run says
 what it will do on stderr (classes, images, phases, where it resumes) and each phase change.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import keras
 
-from keras_inception import data, runs, training
-from keras_inception.layers import SEPARATOR, ClassifierOutput, keras_name
+from keras_inception.input import pipelines as data
 from keras_inception.models import get
+from keras_inception.nn.layers import SEPARATOR, ClassifierOutput, keras_name
+from keras_inception.train import runs, training
 
 MONITOR = "val_top1"
 

@@ -33,7 +33,7 @@ NOTICE = re.compile(
 def import_tensorflow(module: str, purpose: str, extra: str = "tensorflow") -> ModuleType:
     """``tensorflow``, for a module that is TensorFlow's by nature; without it, an error naming the extra.
 
-    The models and their weights need no TensorFlow; ``module`` (``"keras_inception.data"``)
+    The models and their weights need no TensorFlow; ``module`` (``"keras_inception.input.pipelines"``)
     needs it for ``purpose`` (``"tf.data pipelines"``), and the package's ``extra`` brings it.
     """
     try:

@@ -11,7 +11,7 @@ import dataclasses
 import io
 from collections.abc import Iterable, Sequence
 
-from keras_inception import files
+from keras_inception.core import atomic as files
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:

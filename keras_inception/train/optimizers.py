@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "TF1's RMSProp kernel")
 

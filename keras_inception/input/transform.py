@@ -1,6 +1,6 @@
 """slim's evaluation transform in NumPy: the same pixels as the tf.image version, without TensorFlow.
 
-:func:`eval_transform` equals :func:`keras_inception.preprocessing.eval_transform` (to float32
+:func:`eval_transform` equals :func:`keras_inception.input.preprocessing.eval_transform` (to float32
 rounding): ``tf.image.central_crop``'s offsets, then TF1's ``resize_bilinear`` with
 ``align_corners=False`` and no half-pixel centres, as the checkpoints were evaluated.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_inception import registry
+from keras_inception.core import registry
 
 
 def eval_transform(

@@ -2,7 +2,7 @@
 OpenVINO IR (float32, bfloat16, int8).
 
 Every path is checked against the Keras model it came from (by default its inference
-form, BatchNorm folded into the convolutions: :mod:`keras_inception.inference`);
+form, BatchNorm folded into the convolutions: :mod:`keras_inception.deploy.folding`);
 :func:`compare` gives the figures (cosine similarity, top-1 agreement, max abs difference)
 that the docs record.
 """
@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "SavedModel, LiteRT and ONNX export", extra="export")
 
-from keras_inception import cpu, files, imagenet, inference, preprocessing  # noqa: E402
-from keras_inception.layers import output_layers  # noqa: E402
+from keras_inception.core import atomic as files  # noqa: E402
+from keras_inception.core import cpu  # noqa: E402
+from keras_inception.deploy import folding as inference  # noqa: E402
+from keras_inception.input import imagenet, preprocessing  # noqa: E402
+from keras_inception.nn.layers import output_layers  # noqa: E402
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FORMATS = ("savedmodel", "tflite", "onnx", "openvino")
@@ -66,7 +69,7 @@ def save(model: keras.Model, output: str, version: int | None = None) -> str:
 
 
 def class_names(model_or_classes: keras.Model | int) -> list[str]:
-    """The class names a model carries (see :class:`~keras_inception.layers.ClassifierOutput`);
+    """The class names a model carries (see :class:`~keras_inception.nn.layers.ClassifierOutput`);
     else ImageNet's for 1000 / 1001 outputs (slim's background first), else the indices."""
     if isinstance(model_or_classes, keras.Model):
         model = model_or_classes

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import re
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "image decoding and tf.image transforms")
 
-from keras_inception import registry  # noqa: E402
-from keras_inception.imagenet import preprocess_input  # noqa: E402
+from keras_inception.core import registry  # noqa: E402
+from keras_inception.input.imagenet import preprocess_input  # noqa: E402
 
 EVAL_CENTRAL_FRACTION = registry.EVAL_CROP_FRACTION
 MAX_PIXELS = 50_000_000  # images larger than this (width x height) are refused before decoding

@@ -1,7 +1,7 @@
 """The CPU this runs on: its model, its instruction-set flags, and whether it computes
 bfloat16 fast enough to be the default.
 
-    from keras_inception import cpu
+    from keras_inception.core import cpu
     cpu.current().model, cpu.current().relevant_flags()
     policy = cpu.default_policy()   # "mixed_bfloat16" with bfloat16 hardware, else "float32"
 

@@ -206,7 +206,7 @@ class BatchNorm(layers.BatchNormalization):
     backend. ``"biased"`` (the default, Keras's: the variance the batch is normalised with)
     or ``"unbiased"`` (times ``n / (n - 1)``, ``n`` the values per channel: slim's fused
     batch norm, which slim's arg scopes build, TF1's and PyTorch's);
-    :class:`~keras_inception.training.Recipe` sets it when a model is compiled. Renorm
+    :class:`~keras_inception.train.training.Recipe` sets it when a model is compiled. Renorm
     keeps Keras's own update (``"biased"``).
     """
 
@@ -377,7 +377,7 @@ class ScaleSum(layers.Layer):
 class AdaptedInput(layers.Identity):
     """Marks a network whose first convolution was adapted from ``pretrained_channels``
     pretrained input channels to the model's own (timm's rule, see
-    :func:`keras_inception.checkpoint.adapt_input_kernel`); passes its input through."""
+    :func:`keras_inception.weights.checkpoint.adapt_input_kernel`); passes its input through."""
 
     def __init__(self, channels: int, pretrained_channels: int = 3, **kwargs):
         super().__init__(**kwargs)

@@ -21,12 +21,14 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "tf.data evaluation")
 
-from keras_inception import cpu, inference, preprocessing  # noqa: E402
-from keras_inception.layers import output_layers  # noqa: E402
+from keras_inception.core import cpu  # noqa: E402
+from keras_inception.deploy import folding as inference  # noqa: E402
+from keras_inception.input import preprocessing  # noqa: E402
+from keras_inception.nn.layers import output_layers  # noqa: E402
 
 GOOGLENET_SCALES = (256, 288, 320, 352)
 CROP_SCHEMES = (1, 12, 144)

@@ -15,8 +15,11 @@ from collections.abc import Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
-from keras_inception import cpu, export, inference, preprocessing
-from keras_inception.data import IMAGE_EXTENSIONS
+from keras_inception.core import cpu
+from keras_inception.deploy import export
+from keras_inception.deploy import folding as inference
+from keras_inception.input import preprocessing
+from keras_inception.input.pipelines import IMAGE_EXTENSIONS
 
 Prediction = tuple[str, list[tuple[str, float]]]
 

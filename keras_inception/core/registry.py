@@ -174,5 +174,6 @@ def slim_manifest(family_name: str) -> dict[str, tuple[int, ...]]:
     """Every variable name and shape of the public checkpoint (1001 classes, aux head)."""
     if family(family_name).slim_scope is None:
         raise ValueError(f"{family_name} has no slim checkpoints")
-    text = resources.files("keras_inception").joinpath(f"data/slim_manifests/{family_name}.json").read_text()
+    path = f"resources/slim_manifests/{family_name}.json"
+    text = resources.files("keras_inception").joinpath(path).read_text()
     return {name: tuple(shape) for name, shape in json.loads(text).items()}

@@ -53,7 +53,9 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from keras_inception import checkpoint, files, registry, slim
+from keras_inception.core import atomic as files
+from keras_inception.core import registry
+from keras_inception.weights import checkpoint, slim
 
 DEFAULT_BASE_URL = "https://download.tensorflow.org/models/"
 URL_ENV = "KERAS_INCEPTION_WEIGHTS_URL"
@@ -482,7 +484,8 @@ def _recorded(entry: registry.PretrainedConfig) -> dict | None:
         raise WeightsError(
             f"the record of {entry.archive} at {path} cannot be read ({reason}), so the archive cannot be "
             f"checked against it; delete that file to record the archive afresh at the next fetch, "
-            f"or pin its sha256 with keras_inception.pretrained.pin({entry.family!r}, {entry.tag!r}, SHA256)"
+            f"or pin its sha256 with keras_inception.weights.pretrained.pin("
+            f"{entry.family!r}, {entry.tag!r}, SHA256)"
         ) from None
 
 

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from keras_inception.startup import import_tensorflow
+from keras_inception.core.startup import import_tensorflow
 
 tf = import_tensorflow(__name__, "tf.data pipelines")
 
-from keras_inception import preprocessing  # noqa: E402
+from keras_inception.input import preprocessing  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from keras import layers
 
-from keras_inception.layers import Builder, Conv2D, ScaleSum, avg_pool, concat, keras_name, max_pool
+from keras_inception.nn.layers import Builder, Conv2D, ScaleSum, avg_pool, concat, keras_name, max_pool
 
 SPLIT = "split"  # a step of parallel 1x3 and 3x1 convolutions, concatenated
 Step = tuple  # (filters, kernel), (filters, kernel, strides) for a VALID conv, or (filters, SPLIT)

@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterator
 import keras
 import numpy as np
 
-from keras_inception import files, reporting
+from keras_inception.core import atomic as files
+from keras_inception.core import reporting
 
 STATE = "state.json"
 SETTINGS = "run.json"

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_inception.layers import BatchNorm, recomputation
 from keras_inception.models.base import all_layers
+from keras_inception.nn.layers import BatchNorm, recomputation
 
 # slim's stem end points (Inception-v3 and -ResNet-v2, Inception-v4): after the first three
 # convolutions (149x149 and 147x147), and after the rest of the stem (73x73 and 71x71).
@@ -54,7 +54,7 @@ def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = 
     ``end_points`` are layer names in network order, each a tensor every path from the
     input to the outputs goes through (slim's stem end points are). A segment may hold no
     random layers (dropout would draw another mask) and no BatchNorm but
-    :class:`~keras_inception.layers.BatchNorm` training in float16, bfloat16 or float32,
+    :class:`~keras_inception.nn.layers.BatchNorm` training in float16, bfloat16 or float32,
     or frozen. TensorFlow only, in a ``tf.function`` (as ``fit`` runs a step); an eager
     call runs the whole model.
 

@@ -6,7 +6,7 @@ finds them::
 
     import keras_hub
     import keras_inception as ki
-    import keras_inception.hub as kih
+    import keras_inception.deploy.hub as kih
 
     kih.save_preset(ki.InceptionV4(weights="imagenet"), "inception_v4_imagenet", "inception_v4")
     classifier = keras_hub.models.ImageClassifier.from_preset("inception_v4_imagenet")
@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import keras
 import keras_hub
 
-from keras_inception import models, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, keras_name
+from keras_inception import models
+from keras_inception.core import registry
 from keras_inception.models.base import all_layers
+from keras_inception.nn.layers import SLIM_BN_MOMENTUM, keras_name
 
 PACKAGE = "keras_inception"
 
@@ -72,7 +73,7 @@ class InceptionImageConverter(keras_hub.layers.ImageConverter):
     """Resizes (cropping to a square) and maps [0, 255] to slim's [-1, 1] (``x / 127.5 - 1``).
 
     Not slim's evaluation crop (central 87.5%): for that, feed
-    :func:`keras_inception.preprocessing.eval_transform` outputs with ``preprocessor=None``.
+    :func:`keras_inception.input.preprocessing.eval_transform` outputs with ``preprocessor=None``.
     """
 
     backbone_cls = InceptionBackbone

@@ -9,7 +9,7 @@ kernel ``kernel * s`` and bias ``(bias - mean) * s + beta``. The folded convolut
 the convolution's name, so end points and weight provenance stay readable; the BatchNorm
 layer is gone. Inception-ResNet's residual scale folds the same way: ``x + scale * up(h)``
 becomes ``x + up'(h)`` with ``up``'s kernel and bias times ``scale``, and the
-:class:`~keras_inception.layers.ScaleSum` keeps its name with scale 1 (a plain sum).
+:class:`~keras_inception.nn.layers.ScaleSum` keeps its name with scale 1 (a plain sum).
 The folded model is for inference only: it has no batch statistics to train.
 """
 
@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_inception.layers import ScaleSum
+from keras_inception.nn.layers import ScaleSum
 
 CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in, out]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_inception.layers import keras_name, slim_scope
+from keras_inception.nn.layers import keras_name, slim_scope
 
 _BN_VARS = ("beta", "moving_mean", "moving_variance")
 _TO_KERAS = {"weights": "kernel", "biases": "bias"}

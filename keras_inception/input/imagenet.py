@@ -14,7 +14,7 @@ BACKGROUND = ("background", "background")
 @functools.cache
 def classes() -> list[tuple[str, str]]:
     """The 1000 ILSVRC-2012 classes as ``(wordnet_id, name)``, bundled with the package."""
-    text = resources.files("keras_inception").joinpath("data/imagenet_classes.tsv").read_text()
+    text = resources.files("keras_inception").joinpath("resources/imagenet_classes.tsv").read_text()
     rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
     return [(synset, names.split(",")[0].strip()) for _, synset, names in rows]
 

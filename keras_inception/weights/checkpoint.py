@@ -14,9 +14,9 @@ import os
 import keras
 import numpy as np
 
-from keras_inception import registry, slim
-from keras_inception.layers import SEPARATOR
-from keras_inception.weights import tf_checkpoint
+from keras_inception.core import registry
+from keras_inception.nn.layers import SEPARATOR
+from keras_inception.weights import slim, tf_checkpoint
 from keras_inception.weights.tf_checkpoint import CheckpointError
 
 HEAD_SCOPES = ("Logits", "AuxLogits")
