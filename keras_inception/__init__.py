@@ -40,7 +40,6 @@ from keras_inception.models import (
     multiply_adds,
 )
 from keras_inception.nn.layers import ScaleSum
-from keras_inception.weights import pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -74,6 +73,10 @@ _ON_FIRST_USE = {
     "predict": "deploy.predict",
     "hub": "deploy.hub",
     "inference": "deploy.folding",
+    "pretrained": "weights.zoo",  # keras_inception.pretrained.pin(...), as the zoo's messages say
+    "imagenet": "input.imagenet",
+    "transform": "input.transform",
+    "layers": "nn.layers",
 }
 
 

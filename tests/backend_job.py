@@ -17,7 +17,7 @@ import numpy as np
 
 import keras_inception as ki
 from keras_inception.train import training
-from keras_inception.weights import pretrained
+from keras_inception.weights import loading, sources
 
 
 def relative(a, b: np.ndarray) -> float:
@@ -34,15 +34,15 @@ def main(workdir: str) -> None:
         "backend": keras.backend.backend(),
         "checkpoint": relative(model(images, training=False), logits),
     }
-    sources = {  # each loaded into the zeroed model: one full network built, every loader run
+    by_kind = {  # each loaded into the zeroed model: one full network built, every loader run
         "archive": os.path.join(workdir, "mirror", os.environ["ARCHIVE"]),
         "imagenet": "imagenet",
         "weights.h5": os.path.join(workdir, "tf.weights.h5"),
     }
-    for kind, weights in sources.items():
+    for kind, weights in by_kind.items():
         for w in model.weights:
             w.assign(np.zeros(w.shape, w.dtype))
-        pretrained.load(model, pretrained.resolve_source(weights, "inception_v3"), "inception_v3")
+        loading.load(model, sources.resolve(weights, "inception_v3"), "inception_v3")
         results[kind] = relative(model(images, training=False), logits)
     saved = keras.saving.load_model(os.path.join(workdir, "tf.keras"))
     results["keras"] = relative(saved(images, training=False), logits)

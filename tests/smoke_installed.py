@@ -48,14 +48,14 @@ def prepare(directory: str) -> None:
     import keras_inception as ki
     from keras_inception.core import registry
     from keras_inception.input import preprocessing
-    from keras_inception.weights import pretrained
+    from keras_inception.weights import zoo
 
     entry = registry.pretrained_config(MODEL, "imagenet")
     with tempfile.TemporaryDirectory() as tmp:
         prefix = write_checkpoint(random_variables(MODEL), os.path.join(tmp, f"{MODEL}.ckpt"))
         os.makedirs(os.path.join(directory, "mirror"), exist_ok=True)
         pack(prefix, os.path.join(directory, "mirror", entry.archive))
-    os.environ[pretrained.URL_ENV] = os.path.join(directory, "mirror")  # a folder mirror: the cache
+    os.environ[zoo.URL_ENV] = os.path.join(directory, "mirror")  # a folder mirror: the cache
     model = ki.InceptionV3(weights="imagenet")
     pixels = preprocessing.load_image(os.path.join(_images(), PHOTO)).numpy()
     x = preprocessing.eval_transform(pixels)[np.newaxis].numpy()

@@ -21,7 +21,7 @@ from slim_kit import pack, random_variables, serve, write_checkpoint
 import keras_inception as ki
 from keras_inception.core import registry
 from keras_inception.train import training
-from keras_inception.weights import pretrained
+from keras_inception.weights import zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def test_weights_parity_and_fit_on_backend(backend, workdir, tmp_path):
     job = os.path.join(ROOT, "tests", "backend_job.py")
     with serve(str(workdir / "mirror")) as url:
         env = backend_env(backend, ARCHIVE=ARCHIVE, KERAS_HOME=str(tmp_path / "home"))
-        env[pretrained.URL_ENV] = url
+        env[zoo.URL_ENV] = url
         done = subprocess.run([sys.executable, job, str(workdir)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])

@@ -28,7 +28,8 @@ from slim_kit import pack, serve, write_checkpoint
 from keras_inception.core import atomic as files
 from keras_inception.core import registry
 from keras_inception.train import runs
-from keras_inception.weights import checkpoint, pretrained
+from keras_inception.weights import archive as archives
+from keras_inception.weights import checkpoint, zoo
 
 V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 TINY = {
@@ -57,18 +58,18 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "slim_manifest", lambda family: TINY)
     monkeypatch.setattr(registry, "PRETRAINED", dict(registry.PRETRAINED))
     for name in (
-        pretrained.URL_ENV,
-        pretrained.MAX_ARCHIVE_ENV,
-        pretrained.DEADLINE_ENV,
-        pretrained.STALL_SECONDS_ENV,
-        pretrained.STALL_BYTES_ENV,
+        zoo.URL_ENV,
+        archives.MAX_ARCHIVE_ENV,
+        zoo.DEADLINE_ENV,
+        zoo.STALL_SECONDS_ENV,
+        zoo.STALL_BYTES_ENV,
     ):
         monkeypatch.delenv(name, raising=False)
-    return pretrained.cache_dir()
+    return zoo.cache_dir()
 
 
 def read_record() -> dict:
-    return json.loads(pathlib.Path(pretrained.record_path(V3_ARCHIVE)).read_text())
+    return json.loads(pathlib.Path(zoo.record_path(V3_ARCHIVE)).read_text())
 
 
 def listing(directory) -> list[str]:
@@ -105,12 +106,12 @@ def zeros_archive(path, sizes: dict[str, int]) -> str:
     ids=["one-member", "sum"],
 )
 def test_archive_bomb_refused_before_writing(tmp_path, monkeypatch, sizes, message):
-    monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(1 << 20))
+    monkeypatch.setenv(archives.MAX_ARCHIVE_ENV, str(1 << 20))
     archive = zeros_archive(tmp_path / "bomb.tar.gz", sizes)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(pretrained.WeightsError, match=message) as error:
-        pretrained.extract_checkpoint(archive, str(out))
+    with pytest.raises(zoo.WeightsError, match=message) as error:
+        archives.extract_checkpoint(archive, str(out))
     assert "KERAS_INCEPTION_MAX_ARCHIVE_BYTES" in str(error.value)
     assert "corrupt" not in str(error.value)
     assert listing(out) == []
@@ -119,39 +120,39 @@ def test_archive_bomb_refused_before_writing(tmp_path, monkeypatch, sizes, messa
 def test_gzip_bomb_is_refused_while_streamed(tmp_path, monkeypatch):
     """64 MiB of zeros in 64 members (about 64 KB compressed) under a 4 MiB bound: refused once the
     bytes decompressed (headers included) pass it, not after decompressing every member first."""
-    monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(4 << 20))
+    monkeypatch.setenv(archives.MAX_ARCHIVE_ENV, str(4 << 20))
     archive = zeros_archive(tmp_path / "bomb.tar.gz", {f"m{i:02d}": 1 << 20 for i in range(64)})
     assert os.path.getsize(archive) < 200_000
     decompressed = []
-    read = pretrained.gzip.GzipFile.read
+    read = archives.gzip.GzipFile.read
 
     def counted(self, *args):
         chunk = read(self, *args)
         decompressed.append(len(chunk))
         return chunk
 
-    monkeypatch.setattr(pretrained.gzip.GzipFile, "read", counted)
+    monkeypatch.setattr(archives.gzip.GzipFile, "read", counted)
     out = tmp_path / "out"
     bound = r"bomb.tar.gz holds more than 4194304 bytes once decompressed"
-    with pytest.raises(pretrained.WeightsError, match=bound):
-        pretrained.extract_checkpoint(archive, str(out))
+    with pytest.raises(zoo.WeightsError, match=bound):
+        archives.extract_checkpoint(archive, str(out))
     assert sum(decompressed) <= (4 << 20) + (64 << 10)
     assert not out.exists()
 
 
 def test_stream_bound_counts_headers_and_stops_reading(tmp_path, monkeypatch):
     """A member declaring 16 GiB is refused at its header; a stream of headers alone passes the bound."""
-    monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(1 << 20))
+    monkeypatch.setenv(archives.MAX_ARCHIVE_ENV, str(1 << 20))
     huge = tmp_path / "huge.tar"
     info = tarfile.TarInfo("inception_v3.ckpt")
     info.size = 16 << 30
     huge.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1 << 20))  # data never reached
     declared = r"declares 17179869184 bytes, over the bound of 1048576"
-    with pytest.raises(pretrained.WeightsError, match=declared):
-        pretrained.extract_checkpoint(str(huge), str(tmp_path / "out"))
-    stream = pretrained._Bounded(io.BytesIO(bytes(3 << 20)), 1 << 20, "x.tar")
+    with pytest.raises(zoo.WeightsError, match=declared):
+        archives.extract_checkpoint(str(huge), str(tmp_path / "out"))
+    stream = archives._Bounded(io.BytesIO(bytes(3 << 20)), 1 << 20, "x.tar")
     bound = r"x.tar holds more than 1048576 bytes once decompressed"
-    with pytest.raises(pretrained.WeightsError, match=bound):
+    with pytest.raises(zoo.WeightsError, match=bound):
         while stream.read(10240):
             pass
     assert stream.consumed <= (1 << 20) + 1
@@ -175,38 +176,38 @@ def test_directory_bomb_from_a_mirror_caches_nothing(tmp_path, env, monkeypatch)
     directory_bomb(mirror / V3_ARCHIVE, 20_000)
     assert os.path.getsize(mirror / V3_ARCHIVE) < 200_000
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
-        with pytest.raises(pretrained.WeightsError) as error:
-            pretrained.fetch("inception_v3", "imagenet")
+        monkeypatch.setenv(zoo.URL_ENV, url)
+        with pytest.raises(zoo.WeightsError) as error:
+            zoo.fetch("inception_v3", "imagenet")
         assert str(error.value) == (
             f"archive {V3_ARCHIVE} holds more than 1000 members (files and folders), over the bound "
             "(KERAS_INCEPTION_MAX_ARCHIVE_MEMBERS)"
         )
         assert listing(env) == []
-        monkeypatch.setenv(pretrained.MAX_MEMBERS_ENV, "100000")  # the headers count toward the bytes too
-        monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, str(1 << 20))
+        monkeypatch.setenv(archives.MAX_MEMBERS_ENV, "100000")  # the headers count toward the bytes too
+        monkeypatch.setenv(archives.MAX_ARCHIVE_ENV, str(1 << 20))
         bound = r"more than 1048576 bytes once decompressed \(headers"
-        with pytest.raises(pretrained.WeightsError, match=bound):
-            pretrained.fetch("inception_v3", "imagenet")
+        with pytest.raises(zoo.WeightsError, match=bound):
+            zoo.fetch("inception_v3", "imagenet")
     assert listing(env) == []
-    assert not os.path.exists(pretrained.record_path(V3_ARCHIVE))
+    assert not os.path.exists(zoo.record_path(V3_ARCHIVE))
 
 
 def test_archive_bomb_from_a_mirror_caches_nothing(tmp_path, env, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     zeros_archive(mirror / V3_ARCHIVE, {"inception_v3.ckpt": 4 << 20})
-    monkeypatch.setattr(pretrained, "MAX_ARCHIVE_BYTES", 1 << 20)  # the constant, without the variable
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 1 << 20)  # the constant, without the variable
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
+        monkeypatch.setenv(zoo.URL_ENV, url)
         bound = "declares 4194304 bytes, over the bound of 1048576 "
-        with pytest.raises(pretrained.WeightsError, match=bound):
-            pretrained.fetch("inception_v3", "imagenet")
-        monkeypatch.setenv(pretrained.MAX_ARCHIVE_ENV, "1000")  # the download itself is bounded too
-        with pytest.raises(pretrained.WeightsError, match=r"bytes, over the bound of 1000"):
-            pretrained.fetch("inception_v3", "imagenet")
+        with pytest.raises(zoo.WeightsError, match=bound):
+            zoo.fetch("inception_v3", "imagenet")
+        monkeypatch.setenv(archives.MAX_ARCHIVE_ENV, "1000")  # the download itself is bounded too
+        with pytest.raises(zoo.WeightsError, match=r"bytes, over the bound of 1000"):
+            zoo.fetch("inception_v3", "imagenet")
     assert listing(env) == []
-    assert not os.path.exists(pretrained.record_path(V3_ARCHIVE))
+    assert not os.path.exists(zoo.record_path(V3_ARCHIVE))
 
 
 # 2. Slow and stalled mirrors
@@ -224,11 +225,11 @@ def test_archive_bomb_from_a_mirror_caches_nothing(tmp_path, env, monkeypatch):
 def test_slow_mirror_stops_with_the_url(tiny_mirror, env, monkeypatch, trickle, settings, message):
     mirror, _ = tiny_mirror
     for name, value in settings.items():
-        monkeypatch.setenv(getattr(pretrained, name), value)
+        monkeypatch.setenv(getattr(zoo, name), value)
     with serve(str(mirror), trickle=trickle) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
-        with pytest.raises(pretrained.WeightsError, match=message) as error:
-            pretrained.fetch("inception_v3", "imagenet")
+        monkeypatch.setenv(zoo.URL_ENV, url)
+        with pytest.raises(zoo.WeightsError, match=message) as error:
+            zoo.fetch("inception_v3", "imagenet")
     assert str(error.value).startswith(f"download of {url}{V3_ARCHIVE} ")
     assert listing(env) == []
 
@@ -238,7 +239,7 @@ def test_slow_mirror_stops_with_the_url(tiny_mirror, env, monkeypatch, trickle, 
 
 def test_default_mirror_is_https(env):
     entry = registry.pretrained_config("inception_v3", "imagenet")
-    assert pretrained.url_for(entry) == f"https://download.tensorflow.org/models/{V3_ARCHIVE}"
+    assert zoo.url_for(entry) == f"https://download.tensorflow.org/models/{V3_ARCHIVE}"
 
 
 def test_changed_archive_is_refused_unless_pinned(tiny_mirror, tmp_path, env, monkeypatch):
@@ -248,8 +249,8 @@ def test_changed_archive_is_refused_unless_pinned(tiny_mirror, tmp_path, env, mo
     changed.mkdir()
     (changed / V3_ARCHIVE).write_bytes(original + bytes(16))  # gzip padding: still a valid archive
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
-        pretrained.fetch("inception_v3", "imagenet")
+        monkeypatch.setenv(zoo.URL_ENV, url)
+        zoo.fetch("inception_v3", "imagenet")
     record = read_record()
     old_sha = hashlib.sha256(original).hexdigest()
     assert record == {"archive": V3_ARCHIVE, "sha256": old_sha, "size": len(original)}
@@ -257,14 +258,14 @@ def test_changed_archive_is_refused_unless_pinned(tiny_mirror, tmp_path, env, mo
 
     os.remove(os.path.join(env, "inception_v3_imagenet.npz"))
     new_sha = hashlib.sha256((changed / V3_ARCHIVE).read_bytes()).hexdigest()
-    monkeypatch.setenv(pretrained.URL_ENV, str(changed))
-    with pytest.raises(pretrained.WeightsError, match=f"archive {V3_ARCHIVE} changed") as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, str(changed))
+    with pytest.raises(zoo.WeightsError, match=f"archive {V3_ARCHIVE} changed") as error:
+        zoo.fetch("inception_v3", "imagenet")
     assert old_sha in str(error.value) and new_sha in str(error.value)
     assert listing(env) == []
 
-    pretrained.pin("inception_v3", "imagenet", new_sha)  # a pin overrides the record
-    arrays = pretrained.fetch("inception_v3", "imagenet")
+    zoo.pin("inception_v3", "imagenet", new_sha)  # a pin overrides the record
+    arrays = zoo.fetch("inception_v3", "imagenet")
     np.testing.assert_array_equal(arrays[next(iter(TINY))], variables[next(iter(TINY))])
     assert read_record()["sha256"] == new_sha
 
@@ -274,20 +275,20 @@ def test_changed_archive_is_refused_unless_pinned(tiny_mirror, tmp_path, env, mo
 
 def test_offline_error_says_what_to_do(env, monkeypatch):
     url = closed_port_url()
-    monkeypatch.setenv(pretrained.URL_ENV, url)
-    with pytest.raises(pretrained.WeightsError) as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, url)
+    with pytest.raises(zoo.WeightsError) as error:
+        zoo.fetch("inception_v3", "imagenet")
     message = str(error.value)
     assert message.startswith(f"download of {url}{V3_ARCHIVE} failed: <urlopen error")
-    assert f"set {pretrained.URL_ENV} to a mirror holding {V3_ARCHIVE}" in message
+    assert f"set {zoo.URL_ENV} to a mirror holding {V3_ARCHIVE}" in message
     assert "or pass a local .tar.gz archive or checkpoint as weights=" in message
     assert listing(env) == []
 
 
 def test_plain_folder_mirror(tiny_mirror, env, monkeypatch):
     mirror, variables = tiny_mirror
-    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
-    arrays = pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, str(mirror))
+    arrays = zoo.fetch("inception_v3", "imagenet")
     assert sorted(arrays) == sorted(variables)
     assert listing(env) == ["inception_v3_imagenet.npz"]
 
@@ -316,30 +317,30 @@ def _damage(path: str, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["truncated", "bit-flip", "altered"])
 def test_damaged_cache_entry_is_fetched_again(tiny_mirror, env, monkeypatch, kind):
     mirror, variables = tiny_mirror
-    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
-    pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, str(mirror))
+    zoo.fetch("inception_v3", "imagenet")
     cached = os.path.join(env, "inception_v3_imagenet.npz")
     _damage(cached, kind)
     with pytest.warns(UserWarning, match=f"cache entry {cached} .*; it was removed, downloading it again"):
-        arrays = pretrained.fetch("inception_v3", "imagenet")
+        arrays = zoo.fetch("inception_v3", "imagenet")
     for name, value in variables.items():
         np.testing.assert_array_equal(arrays[name], value)
-    assert pretrained.load_cached(cached).keys() == variables.keys()
+    assert zoo.load_cached(cached).keys() == variables.keys()
 
 
 def test_damaged_cache_entry_offline(tiny_mirror, env, monkeypatch):
     mirror, _ = tiny_mirror
-    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
-    pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, str(mirror))
+    zoo.fetch("inception_v3", "imagenet")
     cached = os.path.join(env, "inception_v3_imagenet.npz")
     _damage(cached, "truncated")
-    monkeypatch.setenv(pretrained.URL_ENV, closed_port_url())
-    with pytest.warns(UserWarning), pytest.raises(pretrained.WeightsError) as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, closed_port_url())
+    with pytest.warns(UserWarning), pytest.raises(zoo.WeightsError) as error:
+        zoo.fetch("inception_v3", "imagenet")
     message = str(error.value)
     assert message.startswith(f"cache entry {cached} is unreadable")
     assert "; it was removed; download of http://127.0.0.1:" in message
-    assert pretrained.URL_ENV in message
+    assert zoo.URL_ENV in message
     assert listing(env) == []
 
 
@@ -358,9 +359,9 @@ def test_keras_home_under_a_file(tmp_path, env, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     home = str(tmp_path / "a_file" / "keras")
     monkeypatch.setenv("KERAS_HOME", home)
-    monkeypatch.setenv(pretrained.URL_ENV, closed_port_url())  # the cache is checked before downloading
-    with pytest.raises(pretrained.CacheDirError, match="Not a directory") as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, closed_port_url())  # the cache is checked before downloading
+    with pytest.raises(zoo.CacheDirError, match="Not a directory") as error:
+        zoo.fetch("inception_v3", "imagenet")
     _assert_cache_dir_error(error, home)
 
 
@@ -368,14 +369,14 @@ def test_read_only_keras_home(tmp_path, env, monkeypatch):
     home = tmp_path / "read_only"
     home.mkdir()
     monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setenv(pretrained.URL_ENV, closed_port_url())
+    monkeypatch.setenv(zoo.URL_ENV, closed_port_url())
 
     def denied(*args, **kwargs):  # what a read-only folder answers (root ignores chmod, so simulate it)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(pretrained.tempfile, "mkdtemp", denied)
-    with pytest.raises(pretrained.CacheDirError, match="Permission denied") as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setattr(zoo.tempfile, "mkdtemp", denied)
+    with pytest.raises(zoo.CacheDirError, match="Permission denied") as error:
+        zoo.fetch("inception_v3", "imagenet")
     _assert_cache_dir_error(error, str(home))
 
 
@@ -387,13 +388,13 @@ def test_stale_partials_removed_live_ones_kept(tiny_mirror, env, monkeypatch):
     with pytest.raises(ProcessLookupError):
         os.kill(dead, 0)
     mirror, _ = tiny_mirror
-    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
+    monkeypatch.setenv(zoo.URL_ENV, str(mirror))
     os.makedirs(os.path.join(env, f".partial-{dead}-x"))
     os.makedirs(os.path.join(env, f".partial-{os.getpid()}-live"))
-    pretrained.fetch("inception_v3", "imagenet")  # a download
+    zoo.fetch("inception_v3", "imagenet")  # a download
     assert listing(env) == [f".partial-{os.getpid()}-live", "inception_v3_imagenet.npz"]
     os.makedirs(os.path.join(env, f".partial-{dead}-y"))
-    pretrained.fetch("inception_v3", "imagenet")  # a cache hit
+    zoo.fetch("inception_v3", "imagenet")  # a cache hit
     assert listing(env) == [f".partial-{os.getpid()}-live", "inception_v3_imagenet.npz"]
 
 
@@ -460,17 +461,17 @@ def header_trickle(interval: float, start: bytes = b"HTTP/1.1 200 OK\r\n"):
 def test_header_trickle_is_cut_at_the_deadline(env, monkeypatch, scheme, start):
     """http: the status line, then a header byte every 0.5 s; https: the server's hello trickled
     the same way, so the handshake waits (socket timeouts restart with every byte)."""
-    monkeypatch.setenv(pretrained.DEADLINE_ENV, "1.5")
+    monkeypatch.setenv(zoo.DEADLINE_ENV, "1.5")
     with header_trickle(0.5, start) as url:
         url = url.replace("http:", f"{scheme}:")
-        monkeypatch.setenv(pretrained.URL_ENV, url)
+        monkeypatch.setenv(zoo.URL_ENV, url)
         start = time.monotonic()
-        with pytest.raises(pretrained.WeightsError) as error:
-            pretrained.fetch("inception_v3", "imagenet")
+        with pytest.raises(zoo.WeightsError) as error:
+            zoo.fetch("inception_v3", "imagenet")
         elapsed = time.monotonic() - start
     assert str(error.value).startswith(
         f"download of {url}{V3_ARCHIVE} failed: not finished after the deadline of 1.5 s, 0 bytes received "
-        f"({pretrained.DEADLINE_ENV}). To work without this server, set {pretrained.URL_ENV}"
+        f"({zoo.DEADLINE_ENV}). To work without this server, set {zoo.URL_ENV}"
     )
     assert elapsed < 1.5 + 5  # a hang guard (the header trickle never ends), not a speed test
     assert listing(env) == []
@@ -490,25 +491,25 @@ def test_header_trickle_is_cut_at_the_deadline(env, monkeypatch, scheme, start):
 )
 def test_unreadable_record_refuses_the_archive(tiny_mirror, tmp_path, env, monkeypatch, damage, reason):
     mirror, _ = tiny_mirror
-    monkeypatch.setenv(pretrained.URL_ENV, str(mirror))
-    pretrained.fetch("inception_v3", "imagenet")
-    record = pathlib.Path(pretrained.record_path(V3_ARCHIVE))
+    monkeypatch.setenv(zoo.URL_ENV, str(mirror))
+    zoo.fetch("inception_v3", "imagenet")
+    record = pathlib.Path(zoo.record_path(V3_ARCHIVE))
     record.write_text(damage(record.read_text()))
     os.remove(os.path.join(env, "inception_v3_imagenet.npz"))
-    with pytest.raises(pretrained.WeightsError) as error:
-        pretrained.fetch("inception_v3", "imagenet")
+    with pytest.raises(zoo.WeightsError) as error:
+        zoo.fetch("inception_v3", "imagenet")
     message = str(error.value)
     assert message.startswith(f"the record of {V3_ARCHIVE} at {record} cannot be read ({reason}")
     assert message.endswith(
         "so the archive cannot be checked against it; delete that file to record the archive afresh at "
         "the next fetch, or pin its sha256 with "
-        "keras_inception.weights.pretrained.pin('inception_v3', 'imagenet', SHA256)"
+        "keras_inception.pretrained.pin('inception_v3', 'imagenet', SHA256)"
     )
     assert "\n" not in message
     assert listing(env) == []
     sha = hashlib.sha256((mirror / V3_ARCHIVE).read_bytes()).hexdigest()
-    pretrained.pin("inception_v3", "imagenet", sha)  # what the message says works, and mends the record
-    pretrained.fetch("inception_v3", "imagenet")
+    zoo.pin("inception_v3", "imagenet", sha)  # what the message says works, and mends the record
+    zoo.fetch("inception_v3", "imagenet")
     assert read_record()["sha256"] == sha
 
 
@@ -521,9 +522,9 @@ def test_download_checks_the_space_it_needs(tiny_mirror, env, monkeypatch):
     full = shutil.disk_usage("/")._replace(free=size // 2)  # a disk with half the archive free
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: full)
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
+        monkeypatch.setenv(zoo.URL_ENV, url)
         with pytest.raises(files.DiskFullError) as error:
-            pretrained.fetch("inception_v3", "imagenet")
+            zoo.fetch("inception_v3", "imagenet")
     message = str(error.value)
     assert re.fullmatch(
         rf"not enough space to write {re.escape(env)}/\.partial-\d+-\w+: it needs 4\.0 MiB, 0\.0 MiB free in "
@@ -564,10 +565,10 @@ def test_full_disk_while_saving_a_model_is_one_line(tmp_path, monkeypatch, raise
 
 def test_full_disk_while_extracting_is_not_called_corrupt(tiny_mirror, tmp_path, monkeypatch):
     mirror, _ = tiny_mirror
-    monkeypatch.setattr(pretrained, "open", _open_full_for_writing, raising=False)
+    monkeypatch.setattr(archives, "open", _open_full_for_writing, raising=False)
     out = tmp_path / "out"
     with pytest.raises(files.DiskFullError, match=rf"^disk full while writing {re.escape(str(out))} \("):
-        pretrained.extract_checkpoint(str(mirror / V3_ARCHIVE), str(out))
+        archives.extract_checkpoint(str(mirror / V3_ARCHIVE), str(out))
     assert not out.exists()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from slim_kit import random_variables, write_checkpoint  # TensorFlow, in this process only
 
-from keras_inception.weights import pretrained
+from keras_inception.weights import zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "import_graph.py")
@@ -88,13 +88,13 @@ def _cache_inception_v3(home, variables) -> None:
     """``variables`` as the cached ``weights="imagenet"`` entry of inception_v3 under ``home``."""
     directory = os.path.join(home, "models", "keras_inception")
     os.makedirs(directory)
-    digest = {pretrained.DIGEST_KEY: pretrained._arrays_sha256(variables)}
+    digest = {zoo.DIGEST_KEY: zoo._arrays_sha256(variables)}
     np.savez(os.path.join(directory, "inception_v3_imagenet.npz"), **variables, **digest)
 
 
 def _run_without_tensorflow(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, KERAS_BACKEND="jax", KERAS_HOME=str(tmp_path / "home"), PYTHONPATH=ROOT)
-    env[pretrained.URL_ENV] = "http://127.0.0.1:9/unreachable/"  # the cache, never a download
+    env[zoo.URL_ENV] = "http://127.0.0.1:9/unreachable/"  # the cache, never a download
     return subprocess.run(
         [sys.executable, "-c", NO_TENSORFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True
     )

@@ -18,8 +18,7 @@ from PIL import Image
 
 from keras_inception import cli
 from keras_inception.core import registry
-from keras_inception.models import base
-from keras_inception.weights import pretrained
+from keras_inception.weights import loading, zoo
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -221,9 +220,9 @@ def test_damaged_weights_files_are_one_line(files):
     model = keras.saving.load_model(f"{files}/tiny.keras")
     damaged = r"^weights='.*truncated.weights.h5' is damaged \(.*\); save or download it again$"
     with pytest.raises(ValueError, match=damaged):
-        base.load_weights(model, f"{files}/truncated.weights.h5")
+        loading.load_keras_weights(model, f"{files}/truncated.weights.h5")
     with pytest.raises(ValueError, match=r"^weights='.*foreign.weights.h5' does not fit sequential: "):
-        base.load_weights(model, f"{files}/foreign.weights.h5")
+        loading.load_keras_weights(model, f"{files}/foreign.weights.h5")
 
 
 def test_each_command_names_its_weights(files, capsys):
@@ -260,13 +259,13 @@ def test_the_download_shows_its_progress_on_stderr(tmp_path, monkeypatch, capsys
     entry = registry.pretrained_config("inception_v3", "imagenet")
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / entry.archive).write_bytes(b"x" * 5000)
-    monkeypatch.setenv(pretrained.URL_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv(zoo.URL_ENV, str(tmp_path / "mirror"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
     (tmp_path / "cache").mkdir()
-    pretrained.download(entry, str(tmp_path / "cache"))
+    zoo.download(entry, str(tmp_path / "cache"))
     out, err = capsys.readouterr()
     assert out == ""  # stdout is for results
-    assert f"Downloading {pretrained.url_for(entry)}" in err and "5000/5000" in err
+    assert f"Downloading {zoo.url_for(entry)}" in err and "5000/5000" in err
 
 
 def test_importing_the_package_prints_nothing():

@@ -15,7 +15,7 @@ from slim_kit import pack, random_variables, write_checkpoint
 
 from keras_inception import cli
 from keras_inception.core import registry
-from keras_inception.weights import pretrained
+from keras_inception.weights import zoo
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 README = os.path.join(ROOT, "README.md")
@@ -118,7 +118,7 @@ def mirror(tmp_path, monkeypatch) -> str:
     for family in ("inception_v3", "inception_v4", "inception_resnet_v2"):
         prefix = write_checkpoint(random_variables(family), str(tmp_path / family / f"{family}.ckpt"))
         pack(prefix, str(folder / registry.pretrained_config(family, "imagenet").archive))
-    monkeypatch.setenv(pretrained.URL_ENV, str(folder))
+    monkeypatch.setenv(zoo.URL_ENV, str(folder))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     return str(folder)
 

@@ -11,7 +11,7 @@ import keras_inception as ki
 from keras_inception import cli
 from keras_inception.core import registry
 from keras_inception.models import get
-from keras_inception.weights import checkpoint, pretrained, slim
+from keras_inception.weights import checkpoint, loading, slim, sources, zoo
 
 V3_ARCHIVE = registry.pretrained_config("inception_v3", "imagenet").archive
 
@@ -35,7 +35,7 @@ def v3_checkpoint(tmp_path_factory, v3_variables):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    return pretrained.cache_dir()
+    return zoo.cache_dir()
 
 
 def cache_entries(directory: str) -> list[str]:
@@ -83,12 +83,12 @@ def test_moving_averages_by_default_raw_on_request(tmp_path, v3_variables):
     variables["global_step"] = np.array(12345, np.int64)
     prefix = write_checkpoint(variables, str(tmp_path / "ema.ckpt"), "V2")
     model = ki.InceptionV3(classes=1001, aux_logits=True)
-    report = checkpoint.load(model, prefix, "inception_v3")
+    report = loading.load(model, sources.resolve(prefix), "inception_v3")
     assert report.ema
     name = "InceptionV3/Mixed_6b/Branch_1/Conv2d_0b_1x7/weights"
     layer = model.get_layer(slim.keras_path(name, "InceptionV3").split("/")[0])
     np.testing.assert_array_equal(layer.kernel.numpy(), v3_variables[name] + 1.0)
-    checkpoint.load(model, prefix, "inception_v3", use_ema=False)
+    loading.load(model, sources.resolve(prefix), "inception_v3", use_ema=False)
     np.testing.assert_array_equal(layer.kernel.numpy(), v3_variables[name])
 
 
@@ -127,19 +127,19 @@ def test_head_variables_are_skipped_only_when_the_head_is_absent(v3_variables):
 def test_imagenet_download_then_offline_cache_hit(v3_checkpoint, v3_variables, cache, monkeypatch):
     _, mirror = v3_checkpoint
     with serve(str(mirror)) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
+        monkeypatch.setenv(zoo.URL_ENV, url)
         model = ki.InceptionV3(weights="imagenet")
     assert_equal_to_source(model, v3_variables, "InceptionV3", classes=1000)
     assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
-    monkeypatch.setenv(pretrained.URL_ENV, "http://127.0.0.1:9/unreachable/")  # server gone: cache hit
+    monkeypatch.setenv(zoo.URL_ENV, "http://127.0.0.1:9/unreachable/")  # server gone: cache hit
     again = ki.InceptionV3(weights="imagenet", classes=1001, aux_logits=True)
     assert_equal_to_source(again, v3_variables, "InceptionV3", classes=1001)
 
 
 def test_file_url_mirror(v3_checkpoint, cache, monkeypatch):
     _, mirror = v3_checkpoint
-    monkeypatch.setenv(pretrained.URL_ENV, mirror.as_uri())
-    pretrained.fetch("inception_v3", "imagenet")
+    monkeypatch.setenv(zoo.URL_ENV, mirror.as_uri())
+    zoo.fetch("inception_v3", "imagenet")
     assert cache_entries(cache) == ["inception_v3_imagenet.npz"]
 
 
@@ -168,8 +168,8 @@ def _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables):
 @pytest.mark.parametrize(
     "kind, error, message",
     [
-        ("truncated", pretrained.WeightsError, "corrupt or truncated"),
-        ("dotdot", pretrained.WeightsError, "unsafe path"),
+        ("truncated", zoo.WeightsError, "corrupt or truncated"),
+        ("dotdot", zoo.WeightsError, "unsafe path"),
         ("other-family", checkpoint.CheckpointError, "checkpoint holds inception_v4"),
         pytest.param(
             "missing-variable",
@@ -177,8 +177,8 @@ def _bad_mirror(kind, tmp_path, v3_checkpoint, v3_variables):
             "Mixed_7c/Branch_3/Conv2d_0b_1x1/BatchNorm/beta",
             marks=pytest.mark.slow,
         ),
-        ("dropped-connection", pretrained.WeightsError, "download of .* (failed|truncated)"),
-        ("wrong-sha256", pretrained.WeightsError, "expected the pinned"),
+        ("dropped-connection", zoo.WeightsError, "download of .* (failed|truncated)"),
+        ("wrong-sha256", zoo.WeightsError, "expected the pinned"),
     ],
 )
 def test_bad_downloads_fail_clearly_and_cache_nothing(
@@ -188,10 +188,10 @@ def test_bad_downloads_fail_clearly_and_cache_nothing(
     if kind == "wrong-sha256":
         key = ("inception_v3", "imagenet")
         monkeypatch.setitem(registry.PRETRAINED, key, registry.PRETRAINED[key])
-        pretrained.pin("inception_v3", "imagenet", "0" * 64)
+        zoo.pin("inception_v3", "imagenet", "0" * 64)
     cut = 1 << 20 if kind == "dropped-connection" else None
     with serve(str(mirror), cut_after=cut) as url:
-        monkeypatch.setenv(pretrained.URL_ENV, url)
+        monkeypatch.setenv(zoo.URL_ENV, url)
         with pytest.raises(error, match=message):
             ki.InceptionV3(weights="imagenet")
     assert cache_entries(cache) == []
@@ -239,7 +239,7 @@ def test_cli_predict_batches_reports_bad_files_and_exits_1(v3_checkpoint, tmp_pa
     prefix, _ = v3_checkpoint
     h5 = str(tmp_path / "v3.weights.h5")
     ki.InceptionV3(weights=prefix).save_weights(h5)
-    photos = os.path.join(os.path.dirname(ki.__file__), "data", "images")
+    photos = os.path.join(os.path.dirname(ki.__file__), "resources", "images")
     bad, missing = tmp_path / "bad.jpg", tmp_path / "missing.jpg"
     bad.write_bytes(b"not a jpeg")
     args = ["predict", photos, str(bad), str(missing), "--model", "inception_v3", "--weights", h5]

@@ -68,7 +68,7 @@ class PretrainedConfig:
         tag: the ``weights=`` value (``"imagenet"``, ``"adv_imagenet"``, ...).
         archive: file name in slim's model zoo.
         top1, top5: slim's ILSVRC-2012 validation accuracy (single crop, %), if published.
-        sha256: the archive's digest; none are published, see ``pretrained.pin``.
+        sha256: the archive's digest; none are published, see ``keras_inception.weights.zoo.pin``.
         num_classes: outputs of the checkpoint's classifier (1001: background first).
         label_offset: ImageNet class ``i`` is output ``i + label_offset``.
         input_size: side of the square input it was evaluated at.

@@ -13,7 +13,8 @@ import numpy as np
 from keras_inception import models
 from keras_inception.core import registry
 from keras_inception.deploy import export
-from keras_inception.weights import pretrained
+from keras_inception.weights import sources
+from keras_inception.weights.loading import LoadReport
 
 
 @dataclasses.dataclass
@@ -23,21 +24,20 @@ class ConversionResult:
     family: str
     source: str
     output: str
-    conversion: models.Conversion
+    report: LoadReport
     classes: int
     aux_logits: bool
     finite: bool  # the model's output on a random input is finite
 
     @property
     def all_used(self) -> bool:
-        report = self.conversion.report
-        return report.used + len(report.skipped_heads) == self.conversion.total
+        return self.report.used + len(self.report.skipped_heads) == self.report.total
 
     def summary(self) -> str:
-        report = self.conversion.report
+        report = self.report
         lines = [
             f"converted {self.family} from {self.source}",
-            f"  {report.used} of {self.conversion.total} slim variables -> {report.assigned} Keras weights"
+            f"  {report.used} of {report.total} slim variables -> {report.assigned} Keras weights"
             f" ({self.classes} classes{', aux head' if self.aux_logits else ''}"
             f"{', moving averages' if report.ema else ''})",
         ]
@@ -78,16 +78,14 @@ def convert(
         raise ValueError(f"classes must be 1000 (background dropped) or 1001, got {classes}")
     if output is not None:
         export.output_kind(output)  # refuse an unknown suffix before any work
-    resolved = pretrained.resolve_source(source, family)
-    model, conversion = models.from_checkpoint(
-        resolved, family, use_ema, classes=classes, aux_logits=aux_logits
-    )
-    name = conversion.report.family
+    resolved = sources.resolve(source, family)
+    model, report = models.from_checkpoint(resolved, family, use_ema, classes=classes, aux_logits=aux_logits)
+    name = report.family
     size = registry.family(name).default_size
     probe = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype("float32")
     outputs = model.predict(probe, verbose=0)
     finite = all(np.isfinite(o).all() for o in (outputs if isinstance(outputs, list) else [outputs]))
-    result = ConversionResult(name, source, "", conversion, classes, aux_logits, finite)
+    result = ConversionResult(name, source, "", report, classes, aux_logits, finite)
     if finite and result.all_used:
         result.output = export.save(model, output or export.default_output(name), version)
     return result

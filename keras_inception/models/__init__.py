@@ -11,12 +11,11 @@ import zipfile
 import keras
 
 from keras_inception.core import registry
-from keras_inception.models import base
 from keras_inception.models.base import end_points, feature_extractor, multiply_adds
 from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
 from keras_inception.models.inception_v3 import InceptionV3
 from keras_inception.models.inception_v4 import InceptionV4
-from keras_inception.weights import checkpoint, pretrained
+from keras_inception.weights import loading, sources
 
 MODELS = {
     "inception_v3": InceptionV3,
@@ -46,7 +45,7 @@ def create(source: str, weights=None, **kwargs) -> keras.Model:
         )
     if source.endswith(".keras") and not os.path.isfile(source):
         raise FileNotFoundError(f"model file not found: {source}")
-    resolved = pretrained.resolve_source(source)
+    resolved = sources.resolve(source)
     if weights is not None:
         raise ValueError(f"weights= is for model names; {source} holds its own weights: leave weights= out")
     if resolved.kind == "keras":
@@ -62,14 +61,14 @@ def _plain(name: str) -> str:
 
 def is_path(source: str) -> bool:
     """``source`` names a file (existing or not, a checkpoint prefix included), not a model."""
-    suffixes = (*pretrained.KERAS_SUFFIXES, *pretrained.ARCHIVE_SUFFIXES, ".h5", ".ckpt", ".index")
+    suffixes = (*sources.KERAS_SUFFIXES, *sources.ARCHIVE_SUFFIXES, ".h5", ".ckpt", ".index")
     exists = os.path.exists(source) or os.path.exists(f"{source}.index")
     return exists or os.sep in source or source.endswith(suffixes)
 
 
 def load_model(path: str) -> keras.Model:
     """A ``.keras`` image classifier, or one line saying why ``path`` is not one."""
-    base.check_keras_file(path)
+    sources.check_keras_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -88,33 +87,23 @@ def load_model(path: str) -> keras.Model:
     return model
 
 
-@dataclasses.dataclass
-class Conversion:
-    """What :func:`from_checkpoint` read and used."""
-
-    report: checkpoint.LoadReport
-    total: int  # slim variables in the checkpoint, after taking moving averages
-
-
 def from_checkpoint(
-    source: pretrained.WeightsSource | str, family: str | None = None, use_ema: bool = True, **kwargs
-) -> tuple[keras.Model, Conversion]:
+    source: sources.WeightsSource | str, family: str | None = None, use_ema: bool = True, **kwargs
+) -> tuple[keras.Model, loading.LoadReport]:
     """A model of the checkpoint's family (or ``family``, checked) holding its variables."""
     if isinstance(source, str):
-        source = pretrained.resolve_source(source, family)
+        source = sources.resolve(source, family)
     if not source.is_slim:
         raise ValueError(f"{source.value} is not a slim checkpoint, archive or tag")
-    source = dataclasses.replace(source, family=family or source.family)
-    variables, detected = pretrained.read_variables(source)
-    model = get(detected)(weights=None, **kwargs)
+    variables = loading.read(dataclasses.replace(source, family=family or source.family))
+    family = family or variables.family
+    model = get(family)(weights=None, **kwargs)
     truncated = kwargs.get("final_endpoint") is not None
-    report = checkpoint.assign(model, variables, detected, use_ema, truncated)
-    return model, Conversion(report, len(checkpoint.resolve_ema(variables, use_ema)[0]))
+    return model, loading.load(model, variables, family, use_ema, truncated)
 
 
 __all__ = [
     "MODELS",
-    "Conversion",
     "InceptionResNetV1",
     "InceptionResNetV2",
     "InceptionV3",

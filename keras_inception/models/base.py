@@ -9,10 +9,7 @@ way.
 
 from __future__ import annotations
 
-import re
 import string
-import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
 import keras
@@ -27,7 +24,7 @@ from keras_inception.nn.layers import (
     FinalEndPoint,
     keras_name,
 )
-from keras_inception.weights import pretrained
+from keras_inception.weights import loading, sources
 
 POOLINGS = (None, "avg", "max")
 
@@ -56,18 +53,22 @@ def build(
 
     The model's :attr:`end_points` holds slim's end points as they were recorded.
     """
-    source = validate(
+    validate(
         family,
         include_top=include_top,
-        weights=weights,
         pooling=pooling,
         classes=classes,
-        classifier_activation=classifier_activation,
         aux_logits=aux_logits,
         dropout_rate=dropout_rate,
         width=width,
         final_endpoint=final_endpoint,
     )
+    source = None if weights is None else sources.resolve(weights, family.name)
+    if source is not None:
+        validate_weights(
+            source, include_top=include_top, classes=classes,
+            classifier_activation=classifier_activation, width=width,
+        )  # fmt: skip
     inputs = _inputs(input_tensor, input_shape, include_top, family)
     if aux_logits and None in tuple(inputs.shape[1:3]):
         raise ValueError("aux_logits=True needs a fixed input size (e.g. input_shape=(299, 299, 3))")
@@ -105,70 +106,23 @@ def build(
     model_inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else inputs
     model = keras.Model(model_inputs, outputs, name=name or family.name)
     model.end_points = dict(b.end_points)
-    if source is None:
-        pass
-    elif source.is_slim:
-        pretrained.load(model, source, family.name, truncated=final_endpoint is not None)
-    else:
-        load_weights(model, source.value)
+    if source is not None:
+        loading.load(model, source, family.name, truncated=final_endpoint is not None)
     return model
-
-
-def check_keras_file(path: str) -> None:
-    """Refuse, in one line, a ``.keras`` / ``.weights.h5`` path that is not such a file.
-
-    Keras reports an empty or truncated ``.keras`` as "File not found", and an empty
-    ``.weights.h5`` with a raw h5py traceback.
-    """
-    import h5py  # a dependency of Keras
-
-    if path.endswith(".keras"):
-        fits, what = zipfile.is_zipfile(path), "a .keras file (a zip archive)"
-    else:
-        fits, what = h5py.is_hdf5(path), "a .weights.h5 file (HDF5)"
-    if not fits:
-        raise ValueError(
-            f"{path} is not {what}: it is empty, truncated or of another format; "
-            "save or download it again"
-        )
-
-
-def load_weights(model: keras.Model, path: str) -> None:
-    """``model.load_weights(path)``, or one line saying why the file does not fit ``model``."""
-    check_keras_file(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras warns once per layer it cannot match
-        try:
-            model.load_weights(path)
-        except (OSError, zipfile.BadZipFile) as error:
-            raise ValueError(f"weights={path!r} is damaged ({error}); save or download it again") from None
-        except ValueError as error:
-            missing = re.search(r"A total of (\d+) objects could not be loaded", str(error))
-            what = (
-                f"{missing[1]} of its layers have no weights in the file"
-                if missing
-                else str(error).strip().splitlines()[0]
-            )
-            raise ValueError(
-                f"weights={path!r} does not fit {model.name}: {what}; give weights saved from "
-                f"{model.name} built with the same classes and heads"
-            ) from None
 
 
 def validate(
     family: registry.Family,
     *,
     include_top: bool,
-    weights,
     pooling,
     classes: int,
-    classifier_activation,
     aux_logits: bool,
     dropout_rate: float,
     width: float,
     final_endpoint: str | None = None,
-) -> pretrained.WeightsSource | None:
-    """Raise naming what is allowed for every argument that is not; the resolved weights."""
+) -> None:
+    """Raise naming what is allowed for every argument that is not (``weights``: :func:`validate_weights`)."""
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_inception models are channels_last only; "
@@ -186,11 +140,15 @@ def validate(
         raise ValueError("aux_logits=True needs include_top=True: the aux head is a classifier")
     if final_endpoint is not None and include_top:
         raise ValueError("final_endpoint needs include_top=False: the classifier reads the last end point")
-    if weights is None:
-        return None
-    source = pretrained.resolve_source(weights, family.name)
+
+
+def validate_weights(
+    source: sources.WeightsSource, *, include_top: bool, classes: int, classifier_activation, width: float
+) -> None:
+    """Raise naming the argument that does not fit the resolved ``weights=``."""
+    weights = source.value
     if source.kind in ("keras", "weights_h5"):
-        check_keras_file(source.value)
+        sources.check_keras_file(source.value)
     if source.is_slim and width != 1.0:
         raise ValueError(f"slim checkpoints exist only for width=1.0, got width={width}")
     if source.kind == "pretrained" and include_top:
@@ -204,7 +162,6 @@ def validate(
                 "with pretrained weights, classifier_activation must be None or 'softmax', "
                 f"got {classifier_activation!r}"
             )
-    return source
 
 
 def check_depths(depths: Sequence[int]) -> tuple[int, int, int]:

@@ -33,6 +33,7 @@ class LoadReport:
     ema: bool  # ExponentialMovingAverage shadows were taken
     ignored: list[str] = dataclasses.field(default_factory=list)  # global_step, optimizer slots
     skipped_tail: list[str] = dataclasses.field(default_factory=list)  # blocks after final_endpoint
+    total: int = 0  # slim variables in the checkpoint, after taking moving averages
 
 
 def checkpoint_prefix(path: str) -> str:
@@ -65,6 +66,13 @@ def family_of(variables: dict[str, np.ndarray]) -> str:
             f"not a checkpoint of one of {slim_scopes}: top-level scopes {sorted(scopes)[:5]}"
         )
     return known[0]
+
+
+def check_family(variables: dict[str, np.ndarray], family: str) -> None:
+    """Refuse the variables of another family than ``family`` (the one place this is checked)."""
+    held = family_of(variables)
+    if held != family:
+        raise CheckpointError(f"checkpoint holds {held}, the model is {family}")
 
 
 def resolve_ema(variables: dict[str, np.ndarray], use_ema: bool = True) -> tuple[dict, bool]:
@@ -126,9 +134,7 @@ def assign(
     blocks it lacks altogether (``Mixed_7a``, ``Repeat_2``, ...) are skipped, not refused.
     """
     scope = registry.family(family).slim_scope
-    checkpoint_family = family_of(variables)
-    if checkpoint_family != family:
-        raise CheckpointError(f"checkpoint holds {checkpoint_family}, the model is {family}")
+    check_family(variables, family)
     ignored = sorted(name for name in variables if slim.is_trainer_state(name))
     variables, ema = resolve_ema(variables, use_ema)
     values = []
@@ -157,11 +163,13 @@ def assign(
         )
     for weight, value, _ in values:  # nothing is assigned until everything checked out
         weight.assign(value.astype(weight.dtype))
-    return LoadReport(family, len(values), len(used), skipped, ema, ignored, tail)
+    return LoadReport(family, len(values), len(used), skipped, ema, ignored, tail, len(variables))
 
 
 def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[int, ...]]) -> None:
-    """Every variable of ``manifest`` present with its shape, and nothing else."""
+    """Every variable of ``manifest`` present with its shape, and nothing else (trainer state
+    and moving averages set aside; a moving average without its variable refused)."""
+    variables, _ = resolve_ema(variables, use_ema=False)
     for name, shape in manifest.items():
         if name not in variables:
             raise CheckpointError(f"checkpoint has no variable {name}")
@@ -178,8 +186,3 @@ def check_manifest(variables: dict[str, np.ndarray], manifest: dict[str, tuple[i
 
 def _model_lacks(model: keras.Model, scope: str) -> bool:
     return not any(layer.name.split(SEPARATOR)[0] == scope and layer.weights for layer in model.layers)
-
-
-def load(model: keras.Model, path: str, family: str, use_ema: bool = True) -> LoadReport:
-    """Load a slim checkpoint file (V1 or V2 prefix) into ``model``."""
-    return assign(model, read(path), family, use_ema)
