@@ -27,8 +27,9 @@ def test_no_import_cycles_even_through_function_level_imports():
 
 def test_nothing_below_models_imports_models():
     edges = import_graph.graph()
-    for low in ("registry", "files", "layers", "imagenet"):
+    for low in ("registry", "files", "layers_tf", "imagenet"):
         assert edges[f"keras_inception.{low}"] == set(), low
+    assert edges["keras_inception.layers"] == {"keras_inception.layers_tf"}  # on TensorFlow only
     for mod in ("checkpoint", "pretrained", "slim", "export", "preprocessing", "data", "evaluation"):
         assert not any(d.startswith("keras_inception.models") for d in edges[f"keras_inception.{mod}"]), mod
 
