@@ -21,7 +21,7 @@ import keras
 import keras_hub
 
 from keras_inception import models, registry
-from keras_inception.layers import SLIM_BN_MOMENTUM, ClassifierOutput, keras_name, output_layers
+from keras_inception.layers import SLIM_BN_MOMENTUM, ClassifierOutput, end_points, keras_name, output_layers
 from keras_inception.models.base import all_layers
 
 PACKAGE = "keras_inception"
@@ -31,7 +31,7 @@ PACKAGE = "keras_inception"
 class InceptionBackbone(keras_hub.models.Backbone):
     """A network without its head (``include_top=False``): images in [-1, 1] to its final
     feature map ``[batch, h, w, channels]``. The config is the family and the builder's
-    arguments, so a preset rebuilds it; slim's end points are in ``end_points``."""
+    arguments, so a preset rebuilds it; slim's end points are in :attr:`end_points`."""
 
     def __init__(
         self,
@@ -53,7 +53,11 @@ class InceptionBackbone(keras_hub.models.Backbone):
         super().__init__(inputs=net.input, outputs=net.output, dtype=dtype, **kwargs)
         self.family, self.image_shape, self.width = family, tuple(image_shape), width
         self.depths, self.bn_momentum, self.scales = depths, bn_momentum, builder_kwargs.get("scales")
-        self.end_points = dict(net.end_points)
+
+    @property
+    def end_points(self) -> dict:
+        """slim's end points, read from the graph (:func:`keras_inception.end_points`)."""
+        return end_points(self)
 
     def get_config(self) -> dict:
         return {

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_inception.layers import ScaleSum
+from keras_inception.layers import ScaleSum, end_points
 
 CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in, out]
 
@@ -66,7 +66,7 @@ def _pairs(model: keras.Model, config: dict) -> tuple[dict[str, str], dict[str, 
     calls = {entry["name"]: entry["inbound_nodes"] for entry in config["layers"]}
     uses = collections.Counter(_histories([entry["inbound_nodes"] for entry in config["layers"]]))
     uses.update(_histories(config.get("output_layers", [])))
-    points = {id(t) for t in (getattr(model, "end_points", None) or {}).values()}
+    points = {id(t) for t in _end_points(model).values()}
     uses.update((layer.name, 0, 0) for layer in model.layers if id(layer.output) in points)
 
     def sole_linear_conv(source: tuple[str, int, int]) -> layers.Layer | None:
@@ -129,10 +129,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     only a BatchNorm replaced by one convolution with bias (same name), the BatchNorm removed.
 
     Every other layer is a copy (config and weights); nested models are folded in turn.
-    The end points (:func:`keras_inception.end_points`) are carried over to the new graph,
-    an end point that was a folded BatchNorm's output becoming its convolution's (one that
-    is no layer's first output is left out). A model with nothing to fold comes back as it
-    is (the same object); a ``Sequential`` one comes back as a Functional model.
+    A BatchNorm whose output is an end point (:func:`keras_inception.end_points`) stays, so
+    the folded model's end points, read from its graph, are the model's. A model with
+    nothing to fold comes back as it is (the same object); a ``Sequential`` one comes back
+    as a Functional model.
     """
     graph = _graph(model)
     if graph is None:
@@ -166,21 +166,12 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     def call(layer, *args, **kwargs):
         return args[0] if isinstance(layer, _Removed) else layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(graph, clone_function=clone, call_function=call)
-    if getattr(model, "end_points", None) is not None:
-        folded.end_points = _end_points(model, folded, pairs)
-    return folded
+    return keras.models.clone_model(graph, clone_function=clone, call_function=call)
 
 
-def _end_points(model: keras.Model, folded: keras.Model, pairs: dict[str, str]) -> dict:
-    """``model.end_points`` as tensors of ``folded``: each the output of the same-named layer."""
-    producers = {}
-    for layer in model.layers:
-        for index, tensor in enumerate(keras.tree.flatten(layer.output)):
-            producers[id(tensor)] = (pairs.get(layer.name, layer.name), index)
-    points = {}
-    for name, tensor in model.end_points.items():
-        if id(tensor) in producers:
-            layer, index = producers[id(tensor)]
-            points[name] = keras.tree.flatten(folded.get_layer(layer).output)[index]
-    return points
+def _end_points(model: keras.Model) -> dict:
+    """``model``'s slim end points, none for a model that is not ours."""
+    try:
+        return end_points(model)
+    except ValueError:
+        return {}

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import re
 
 import keras
 from keras import layers, ops
@@ -401,3 +402,35 @@ def output_layers(model: keras.Model) -> list[layers.Layer]:
     """The layers that produce ``model``'s outputs, in output order."""
     names = getattr(model, "output_names", None)
     return [model.get_layer(name) for name in names] if names else [model.layers[-1]]
+
+
+# slim's end point names: the scopes whose output slim records (``end_points[scope] = net``)
+END_POINT = re.compile(
+    r"(Conv2d|MaxPool)_\d+[a-z]_\d+x\d+|Mixed_\d+[a-z]|PreAuxLogits|global_pool|(Aux)?(Logits|Predictions)"
+)
+
+
+def end_points(model: keras.Model) -> dict:
+    """slim's end points of a model built here, read from its graph: ``{"Mixed_5b": tensor, ...}``.
+
+    Each is the output of the last layer (in the graph's order) of a top-level scope named
+    as slim names its end points (:data:`END_POINT`): stem convolutions (their ReLU) and
+    pools, ``Mixed_*`` blocks, ``PreAuxLogits``, the heads' ``global_pool``, ``Logits`` /
+    ``AuxLogits`` (pre-activation) and ``Predictions``; the aux head's last, as they are
+    built. They follow the layer names, so a model loaded from a ``.keras`` file, a folded
+    one (:func:`~keras_inception.inference.fold_batchnorm`) or a KerasHub backbone has them
+    too.
+    """
+    points = {}
+    for layer in model.layers:
+        if isinstance(layer, ClassifierOutput) and layer.activation is keras.activations.linear:
+            continue  # the logits output: the Logits end point's values again, under its name
+        scope = layer.name.split(SEPARATOR)[0]
+        if END_POINT.fullmatch(scope):
+            points[scope] = layer.output
+    if not points:
+        raise ValueError(
+            f"model {model.name!r} has no end points: none of its layers is named after a slim "
+            "end point (Conv2d_1a_3x3, Mixed_5b, Logits...); build it with keras_inception"
+        )
+    return {name: points[name] for name in sorted(points, key=lambda name: name.startswith("Aux"))}

@@ -110,6 +110,8 @@ def test_fine_tuned_inception_v3_keeps_its_dense_head_and_dropout(kh, hub, tmp_p
     assert isinstance(saved, hub.InceptionImageClassifier)  # not a backbone preset without the head
     task = json.loads((tmp_path / "tuned" / "task.json").read_text())
     assert task["config"]["dropout"] == 0.3 and task["config"]["num_classes"] == 3
+    plain = ki.InceptionV3(include_top=False, weights=None, **TINY)
+    assert list(saved.backbone.end_points) == list(plain.end_points)  # read from the backbone's graph
     x = ki.preprocess_input(images(2))
     np.testing.assert_allclose(keras.ops.softmax(saved(x)), model(x), atol=1e-5)
 
