@@ -35,7 +35,7 @@ from keras_inception import registry, runs  # noqa: E402
 from keras_inception.layers import VARIANCE_UPDATES, BatchNorm, output_layers  # noqa: E402
 from keras_inception.models.base import all_layers  # noqa: E402
 from keras_inception.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
-from keras_inception.remat import rematerialize  # noqa: E402
+from keras_inception.remat import forward, rematerialize  # noqa: E402
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -482,7 +482,8 @@ def distributed_fit(
     """
     with strategy.scope():
         model = build_model()
-        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases, remat=remat)
+        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases, remat=False)  # fit's step
+        run = forward(model, remat)  # this loop's
         optimizer = model.optimizer
         losses, weights = loss_spec(model, recipe)
     manager = _checkpoint_manager(strategy, model, optimizer, checkpoint_dir)
@@ -495,7 +496,7 @@ def distributed_fit(
         def replica_step(x, y):
             targets = list(y) if len(model.outputs) > 1 else [y]
             with tf.GradientTape() as tape:
-                outputs = model(x, training=True)
+                outputs = run(x)
                 outputs = list(outputs) if len(model.outputs) > 1 else [outputs]
                 per_example = sum(
                     w * f(t, o) for f, w, t, o in zip(reduction_none, weights, targets, outputs, strict=True)
