@@ -185,7 +185,7 @@ def _segment(start, end, end_point: str, name: str) -> keras.Model:
 def _problem(segments: list[keras.Model]) -> str | None:
     """Why a segment cannot be recomputed as it ran, or ``None``."""
     for layer in (layer for segment in segments for layer in all_layers(segment)):
-        if getattr(layer, "_seed_generators", None):
+        if any(isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()):
             return f"cannot rematerialize {layer.name}: it is random, and would draw anew when recomputed"
         trains = isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
         if trains and not (isinstance(layer, BatchNorm) and layer.fused_training()):
