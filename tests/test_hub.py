@@ -110,6 +110,8 @@ def test_fine_tuned_inception_v3_keeps_its_dense_head_and_dropout(kh, hub, tmp_p
     assert isinstance(saved, hub.InceptionImageClassifier)  # not a backbone preset without the head
     task = json.loads((tmp_path / "tuned" / "task.json").read_text())
     assert task["config"]["dropout"] == 0.3 and task["config"]["num_classes"] == 3
+    plain = ki.InceptionV3(include_top=False, weights=None, **TINY)
+    assert list(saved.backbone.end_points) == list(plain.end_points)  # read from the backbone's graph
     x = ki.preprocess_input(images(2))
     np.testing.assert_allclose(keras.ops.softmax(saved(x)), model(x), atol=1e-5)
 
@@ -141,3 +143,26 @@ def test_backbone_preset_takes_a_new_head(kh, hub, tmp_path):
     kernel = classifier.output_dense.kernel.numpy().copy()
     classifier.fit(train, epochs=1, verbose=0)
     assert not np.array_equal(kernel, classifier.output_dense.kernel.numpy())
+
+
+def test_a_head_not_found_by_its_slim_names_is_refused(hub, tmp_path):
+    """The head's layers are looked up by name: a miss fails naming the layer, never falls back
+    to dropout 0.0 or to a backbone preset without the classifier."""
+    from keras_inception.nn.layers import ClassifierOutput
+
+    def head(*layers):
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.GlobalAveragePooling2D()(inputs)
+        for layer in layers:
+            x = layer(x)
+        return keras.Model(inputs, ClassifierOutput("softmax", name="Predictions")(x), name="net")
+
+    no_dropout = head(keras.layers.Dense(3, name="Logits-Logits"))
+    message = "net's classifier 'Logits-Logits' has no dropout layer 'Logits-Dropout_1b'"
+    with pytest.raises(ValueError, match=message):
+        hub.save_preset(no_dropout, str(tmp_path / "a"), "inception_v4", **TINY)
+    renamed = head(keras.layers.Dropout(0.2, name="Logits-Dropout_1b"), keras.layers.Dense(3, name="fc"))
+    message = "net has a classifier output but no classifier layer named 'Logits-Conv2d_1c_1x1' or 'Logits-"
+    with pytest.raises(ValueError, match=message):
+        hub.save_preset(renamed, str(tmp_path / "b"), "inception_v3", **TINY)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

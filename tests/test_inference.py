@@ -133,6 +133,29 @@ def test_generic_folding_and_what_is_left_alone():
     assert inference.fold_batchnorm(plain) is plain  # nothing to fold: the model itself
 
 
+def test_shared_layers_and_a_nested_reader_are_left_alone():
+    """The graph is traced through its calls: a convolution called twice, a BatchNorm called
+    twice, a convolution whose output a nested model reads too, all stay as they are."""
+    inputs = keras.Input((9, 9, 2))
+    shared = keras.layers.Conv2D(4, 3, use_bias=False, name="shared")
+    twice = keras.layers.BatchNormalization(name="twice")
+    a = keras.layers.BatchNormalization(name="a_bn")(shared(inputs))
+    b = keras.layers.BatchNormalization(name="b_bn")(shared(keras.layers.Rescaling(2.0)(inputs)))
+    c = twice(keras.layers.Conv2D(4, 3, use_bias=False, name="c")(inputs))
+    d = twice(keras.layers.Conv2D(4, 3, use_bias=False, name="d")(inputs))
+    e = keras.layers.Conv2D(4, 3, use_bias=False, name="e")(inputs)
+    inner = keras.Sequential([keras.Input((7, 7, 4)), keras.layers.ReLU()], name="inner")
+    f = keras.layers.Conv2D(4, 3, use_bias=False, name="f")(inputs)
+    parts = [a, b, c, d, keras.layers.BatchNormalization(name="e_bn")(e), inner(e)]
+    out = keras.layers.Add(name="sum")([*parts, keras.layers.BatchNormalization(name="f_bn")(f)])
+    model = randomize(keras.Model(inputs, out), seed=7)
+
+    folded = inference.fold_batchnorm(model)
+    assert sorted(batchnorms(folded)) == ["a_bn", "b_bn", "e_bn", "twice"]  # f_bn folded
+    x = images(9, channels=2)
+    assert relative(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
 def test_mixed_bfloat16():
     model = randomize(ki.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=5, **REDUCED), seed=7)
     x = images(75, n=4)

@@ -31,8 +31,9 @@ def test_every_folder_is_a_floor_and_nothing_imports_upwards():
         os.path.join(ROOT, *m.split(".")[:2]))}  # fmt: skip
     assert folders == set(import_graph.FLOORS) - {""}  # a new folder is given its floor
     assert import_graph.upward(edges) == []
-    for low in ("core.registry", "core.atomic", "nn.layers", "input.imagenet"):
+    for low in ("core.registry", "core.atomic", "nn.layers_tf", "input.imagenet"):
         assert edges[f"keras_inception.{low}"] <= {"keras_inception.core.atomic"}, low
+    assert edges["keras_inception.nn.layers"] == {"keras_inception.nn.layers_tf"}  # on TensorFlow only
 
 
 def test_an_upward_import_is_found():

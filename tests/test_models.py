@@ -307,8 +307,36 @@ def test_feature_extractor_and_reloaded_models(tmp_path):
     with pytest.raises(ValueError, match="unknown end points"):
         ki.feature_extractor(model, ["Mixed_9z"])
     model.save(tmp_path / "m.keras")
-    with pytest.raises(ValueError, match="no recorded end points"):
-        ki.end_points(keras.saving.load_model(tmp_path / "m.keras"))
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert not hasattr(loaded, "end_points")  # the attribute is not saved: the graph's names are
+    points = ki.end_points(loaded)
+    assert list(points) == list(model.end_points)
+    assert [p.shape for p in points.values()] == [p.shape for p in model.end_points.values()]
+    randomize(model)
+    model.save(tmp_path / "r.keras")
+    again = ki.feature_extractor(keras.saving.load_model(tmp_path / "r.keras"), ["Mixed_5b", "Mixed_7b"])
+    for got, want in zip(again(images()), backbone(images()), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model 'plain' has no end points: none of its layers is named"):
+        ki.end_points(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="plain"))
+
+
+END_POINT_VARIANTS = [
+    {"classes": 7, "aux_logits": True},
+    {"classes": 7, "aux_logits": True, "classifier_activation": None},
+    {"include_top": False},
+    {"include_top": False, "pooling": "avg"},
+    {"include_top": False, "final_endpoint": "Mixed_6a"},
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_end_points_read_from_the_graph_are_those_recorded_in_the_build(name):
+    for variant in END_POINT_VARIANTS:
+        model = get(name)(weights=None, depths=(1, 1, 1), **variant)
+        points = ki.end_points(model)
+        assert list(points) == list(model.end_points), variant
+        assert all(points[k] is model.end_points[k] for k in points), variant
 
 
 def test_inception_v3_aux_conv_is_named_and_shaped_as_slims_at_every_size():

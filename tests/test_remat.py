@@ -32,11 +32,14 @@ def stem_like(seed=0) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, name="Logits")(x))
 
 
-def traced_step(model: keras.Model, x=X) -> tuple[tf.Graph, tf.types.experimental.ConcreteFunction]:
+def traced_step(model: keras.Model, x=X, run=None) -> tuple[tf.Graph, tf.types.experimental.ConcreteFunction]:
+    """A gradient step of ``model`` in graph mode, its forward pass ``run`` (default: the plain one)."""
+    run = run or (lambda x: model(x, training=True))
+
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = keras.losses.categorical_crossentropy(y, model(x, training=True))
+            loss = keras.losses.categorical_crossentropy(y, run(x))
         return tape.gradient(loss, model.trainable_variables)
 
     concrete = step.get_concrete_function(
@@ -78,7 +81,7 @@ def test_a_rematerialized_training_step_equals_the_plain_one(builder, policy, kw
     for end_points in ((), None):
         model = small(builder, **kwargs)
         training.compile_model(model, training.Recipe.plain(), steps_per_epoch=1, remat=end_points)
-        assert ("call" in vars(model)) == (end_points is None)
+        assert ("train_step" in vars(model)) == (end_points is None) and "call" not in vars(model)
         loss = model.train_on_batch(X, [Y, Y] if len(model.outputs) == 2 else Y)
         results.append((loss, [v.numpy() for v in model.weights + model.optimizer.variables]))
     assert len(set(segments)) == 2, segments  # the remat path ran (once per trace)
@@ -92,8 +95,8 @@ def test_a_rematerialized_training_step_equals_the_plain_one(builder, policy, kw
 def test_the_stem_is_recomputed_and_not_kept():
     plain = small()
     graph, _ = traced_step(plain)
-    model = remat.rematerialize(small(), ["MaxPool_3a_3x3", "MaxPool_5a_3x3"])
-    graph_remat, _ = traced_step(model)
+    model = small()
+    graph_remat, _ = traced_step(model, run=remat.forward(model, ["MaxPool_3a_3x3", "MaxPool_5a_3x3"]))
 
     def count(g, op_type):
         return sum(op.type == op_type for op in g.get_operations())
@@ -122,16 +125,16 @@ def test_the_model_itself_is_unchanged(tmp_path):
     before = model.predict(x, verbose=0)
     config = model.get_config()
     remat.rematerialize(model)
-    assert "call" in vars(model)
+    assert "train_step" in vars(model) and "call" not in vars(model)
     np.testing.assert_array_equal(model.predict(x, verbose=0), before)
     assert model.get_config() == config
     path = str(tmp_path / "m.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)
-    assert "call" not in vars(reloaded)
+    assert "train_step" not in vars(reloaded)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), before, rtol=1e-6)
     remat.rematerialize(model, ())
-    assert "call" not in vars(model)
+    assert "train_step" not in vars(model)
 
 
 def test_bad_end_points_and_batchnorms_that_cannot_be_recomputed():
@@ -146,14 +149,14 @@ def test_bad_end_points_and_batchnorms_that_cannot_be_recomputed():
     remat.rematerialize(model)
     with pytest.raises(ValueError, match="no layer"):
         remat.rematerialize(model, ["Mixed_9z"])
-    assert "call" in vars(model), "a refused call keeps the earlier rematerialisation"
+    assert "train_step" in vars(model), "a refused call keeps the earlier rematerialisation"
 
     keras.config.set_dtype_policy("float64")  # Keras's own BatchNorm path would update twice
     with pytest.raises(ValueError, match="moving statistics again"):
         remat.rematerialize(stem_like(), ["MaxPool_3a_3x3"])
     convolutions = [
-        sum(op.type == "Conv2D" for op in traced_step(m)[0].get_operations())
-        for m in (stem_like(), remat.rematerialize(stem_like()))  # the default: the whole model
+        sum(op.type == "Conv2D" for op in traced_step(m, run=run(m))[0].get_operations())
+        for m, run in ((stem_like(), lambda m: None), (stem_like(), remat.forward))  # the default: all of it
     ]
     assert convolutions[0] == convolutions[1] > 0
 
@@ -170,17 +173,18 @@ def test_the_default_cuts_only_inside_the_model_and_takes_bools(monkeypatch):
     segments = []
     monkeypatch.setattr(remat, "recompute", lambda seg: segments.append(seg.name) or recompute(seg))
     model = small(include_top=False, final_endpoint="MaxPool_5a_3x3")
-    remat.rematerialize(model, True)  # MaxPool_5a_3x3 is the output: one segment
-    tf.function(lambda x: model(x, training=True))(tf.constant(X))
+    tf.function(remat.forward(model, True))(tf.constant(X))  # MaxPool_5a_3x3 is the output: one segment
     assert segments == [f"{model.name}_up_to_MaxPool_3a_3x3"]
     stem = small(include_top=False, final_endpoint="MaxPool_3a_3x3")
     remat.rematerialize(stem)
-    assert "call" not in vars(stem)
+    assert "train_step" not in vars(stem)
+    remat.rematerialize(model)
+    assert "train_step" in vars(model)
     remat.rematerialize(model, False)
-    assert "call" not in vars(model)
+    assert "train_step" not in vars(model)
 
     class Subclassed(keras.Model):
         def call(self, x):
             return x
 
-    assert "call" not in vars(remat.rematerialize(Subclassed()))  # no inputs: nothing to cut
+    assert "train_step" not in vars(remat.rematerialize(Subclassed()))  # no inputs: nothing to cut

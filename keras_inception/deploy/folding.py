@@ -16,13 +16,13 @@ The folded model is for inference only: it has no batch statistics to train.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+import dataclasses
 
 import keras
 import numpy as np
 from keras import layers
 
-from keras_inception.nn.layers import ScaleSum
+from keras_inception.nn.layers import ScaleSum, end_points
 
 CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in, out]
 
@@ -31,63 +31,92 @@ class _Removed:
     """Stands for a folded BatchNorm in the clone: its call passes its input through."""
 
 
-def _histories(value) -> Iterator[tuple[str, int, int]]:
-    """The ``keras_history`` ``(layer, node, tensor)`` of every tensor in a serialised call."""
-    if isinstance(value, dict):
-        if "keras_history" in value:
-            yield tuple(value["keras_history"])
-        else:
-            for item in value.values():
-                yield from _histories(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _histories(item)
+class _Probe(layers.Layer):
+    """Stands for a layer in the tracing clone: the layer's output spec, no weights."""
+
+    def __init__(self, layer: layers.Layer):
+        super().__init__(name=layer.name)
+        self.spec = layer.compute_output_spec  # a method, not a tracked layer
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.spec(*args, **kwargs)
 
 
-def _graph(model: keras.Model) -> tuple[keras.Model, dict] | None:
-    """``model`` as a Functional graph (a built ``Sequential`` as its Functional view) and its
-    config; ``None`` for a model that is no graph of layers (subclassed, or not built)."""
+@dataclasses.dataclass
+class _Trace:
+    """A Functional graph's layer calls, as ``keras.models.clone_model`` walks it."""
+
+    calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # per layer name
+    uses: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # per id(tensor)
+    producers: dict = dataclasses.field(default_factory=dict)  # id(tensor) -> layer name
+    inputs: dict = dataclasses.field(default_factory=dict)  # layer name -> its tensor inputs, in order
+    outputs: dict = dataclasses.field(default_factory=dict)  # layer name -> its tensor outputs
+    held: list = dataclasses.field(default_factory=list)  # every tensor, alive while ids are compared
+
+
+def _trace(model: keras.Model) -> _Trace:
+    """Every layer call of ``model``'s graph (public API: a clone of weightless stand-ins)."""
+    trace = _Trace()
+
+    def call(probe: _Probe, *args, **kwargs):
+        outputs = probe(*args, **kwargs)
+        inputs = [x for x in keras.tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
+        trace.calls[probe.name] += 1
+        trace.uses.update(id(x) for x in inputs)
+        trace.inputs.setdefault(probe.name, inputs)
+        trace.outputs.setdefault(probe.name, keras.tree.flatten(outputs))
+        trace.producers.update((id(y), probe.name) for y in keras.tree.flatten(outputs))
+        trace.held.append((inputs, outputs))
+        return outputs
+
+    clone = keras.models.clone_model(model, clone_function=_Probe, call_function=call)
+    trace.uses.update(id(y) for y in keras.tree.flatten(clone.outputs))
+    trace.held.append(clone)
+    return trace
+
+
+def _graph(model: keras.Model) -> keras.Model | None:
+    """``model`` as a Functional graph (a built ``Sequential`` as its Functional view); ``None``
+    for a model that is no graph of layers (subclassed, or not built)."""
     if isinstance(model, keras.Sequential):
         if not model.built:
             return None
         model = keras.Model(model.inputs, model.outputs, name=model.name)
-    config = model.get_config() or {}
-    return (model, config) if "layers" in config else None
+    return model if getattr(model, "inputs", None) else None  # a subclassed model has none
 
 
-def _pairs(model: keras.Model, config: dict) -> tuple[dict[str, str], dict[str, str]]:
+def _pairs(model: keras.Model) -> tuple[dict[str, str], dict[str, str]]:
     """``({batchnorm: convolution}, {scale-sum: convolution})``: what folds in ``model``'s own graph.
 
-    Read from the functional config (public API): a convolution called once, channels
-    last, without activation, whose one output feeds only a BatchNorm called once that
-    normalises the channels (and is neither a model output nor an end point), or only the
-    residual input of a :class:`ScaleSum` called once.
+    A convolution called once, channels last, without activation, whose one output feeds
+    only a BatchNorm called once that normalises the channels (and is neither a model
+    output nor an end point), or only the residual input of a :class:`ScaleSum` called once.
     """
-    calls = {entry["name"]: entry["inbound_nodes"] for entry in config["layers"]}
-    uses = collections.Counter(_histories([entry["inbound_nodes"] for entry in config["layers"]]))
-    uses.update(_histories(config.get("output_layers", [])))
-    points = {id(t) for t in (getattr(model, "end_points", None) or {}).values()}
-    uses.update((layer.name, 0, 0) for layer in model.layers if id(layer.output) in points)
+    trace = _trace(model)
+    points = {id(t) for t in _end_points(model).values()}
+    for layer in model.layers:  # an end point is read by the user: one use more
+        if trace.calls[layer.name] == 1 and not isinstance(layer, keras.Model) and id(layer.output) in points:
+            trace.uses.update(id(y) for y in trace.outputs[layer.name])
 
-    def sole_linear_conv(source: tuple[str, int, int]) -> layers.Layer | None:
-        if uses[source] != 1 or len(calls.get(source[0], ())) != 1:
+    def sole_linear_conv(tensor) -> layers.Layer | None:
+        name = trace.producers.get(id(tensor))
+        if name is None or trace.uses[id(tensor)] != 1 or trace.calls[name] != 1:
             return None
-        conv = model.get_layer(source[0])
+        conv = model.get_layer(name)
         plain = isinstance(conv, CONVOLUTIONS) and conv.activation is keras.activations.linear
         return conv if plain and conv.data_format == "channels_last" else None
 
     norms, sums = {}, {}
-    for name, nodes in calls.items():
-        layer = model.get_layer(name)
-        if len(nodes) != 1:
+    for name, calls in trace.calls.items():
+        layer, inputs = model.get_layer(name), trace.inputs[name]
+        if calls != 1:
             continue
-        sources = list(_histories(nodes[0]["args"]))
-        if isinstance(layer, layers.BatchNormalization) and len(sources) == 1:
-            conv = sole_linear_conv(sources[0])
-            if conv is not None and layer.axis in (-1, len(conv.output.shape) - 1):
+        if isinstance(layer, layers.BatchNormalization) and len(inputs) == 1:
+            conv = sole_linear_conv(inputs[0])
+            if conv is not None and layer.axis in (-1, len(inputs[0].shape) - 1):
                 norms[name] = conv.name
-        elif isinstance(layer, ScaleSum) and len(sources) == 2 and layer.scale != 1.0:
-            conv = sole_linear_conv(sources[1])  # (shortcut, residual)
+        elif isinstance(layer, ScaleSum) and len(inputs) == 2 and layer.scale != 1.0:
+            conv = sole_linear_conv(inputs[1])  # (shortcut, residual)
             if conv is not None:
                 sums[name] = conv.name
     return norms, sums
@@ -97,7 +126,7 @@ def _foldable(model: keras.Model) -> bool:
     """Whether ``model`` (or a model nested in it) has a BatchNorm or a residual scale that folds."""
     graph = _graph(model)
     return graph is not None and (
-        any(_pairs(*graph)) or any(isinstance(x, keras.Model) and _foldable(x) for x in graph[0].layers)
+        any(_pairs(graph)) or any(isinstance(x, keras.Model) and _foldable(x) for x in graph.layers)
     )
 
 
@@ -129,16 +158,15 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     only a BatchNorm replaced by one convolution with bias (same name), the BatchNorm removed.
 
     Every other layer is a copy (config and weights); nested models are folded in turn.
-    The end points (:func:`keras_inception.end_points`) are carried over to the new graph,
-    an end point that was a folded BatchNorm's output becoming its convolution's (one that
-    is no layer's first output is left out). A model with nothing to fold comes back as it
-    is (the same object); a ``Sequential`` one comes back as a Functional model.
+    A folded convolution keeps its name, so the folded model's end points
+    (:func:`keras_inception.end_points`, read from its graph) are the model's. A model with
+    nothing to fold comes back as it is (the same object); a ``Sequential`` one comes back
+    as a Functional model.
     """
     graph = _graph(model)
     if graph is None:
         return model
-    graph, config = graph
-    pairs, sums = _pairs(graph, config)
+    pairs, sums = _pairs(graph)
     if not (pairs or sums) and not any(isinstance(x, keras.Model) and _foldable(x) for x in graph.layers):
         return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
@@ -166,21 +194,12 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     def call(layer, *args, **kwargs):
         return args[0] if isinstance(layer, _Removed) else layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(graph, clone_function=clone, call_function=call)
-    if getattr(model, "end_points", None) is not None:
-        folded.end_points = _end_points(model, folded, pairs)
-    return folded
+    return keras.models.clone_model(graph, clone_function=clone, call_function=call)
 
 
-def _end_points(model: keras.Model, folded: keras.Model, pairs: dict[str, str]) -> dict:
-    """``model.end_points`` as tensors of ``folded``: each the output of the same-named layer."""
-    producers = {}
-    for layer in model.layers:
-        for index, tensor in enumerate(keras.tree.flatten(layer.output)):
-            producers[id(tensor)] = (pairs.get(layer.name, layer.name), index)
-    points = {}
-    for name, tensor in model.end_points.items():
-        if id(tensor) in producers:
-            layer, index = producers[id(tensor)]
-            points[name] = keras.tree.flatten(folded.get_layer(layer).output)[index]
-    return points
+def _end_points(model: keras.Model) -> dict:
+    """``model``'s slim end points, none for a model that is not ours."""
+    try:
+        return end_points(model)
+    except (ValueError, AttributeError):  # none, or a layer called twice
+        return {}

@@ -23,7 +23,13 @@ import keras_hub
 from keras_inception import models
 from keras_inception.core import registry
 from keras_inception.models.base import all_layers
-from keras_inception.nn.layers import SLIM_BN_MOMENTUM, keras_name
+from keras_inception.nn.layers import (
+    SLIM_BN_MOMENTUM,
+    ClassifierOutput,
+    end_points,
+    keras_name,
+    output_layers,
+)
 
 PACKAGE = "keras_inception"
 
@@ -32,7 +38,7 @@ PACKAGE = "keras_inception"
 class InceptionBackbone(keras_hub.models.Backbone):
     """A network without its head (``include_top=False``): images in [-1, 1] to its final
     feature map ``[batch, h, w, channels]``. The config is the family and the builder's
-    arguments, so a preset rebuilds it; slim's end points are in ``end_points``."""
+    arguments, so a preset rebuilds it; slim's end points are in :attr:`end_points`."""
 
     def __init__(
         self,
@@ -54,7 +60,11 @@ class InceptionBackbone(keras_hub.models.Backbone):
         super().__init__(inputs=net.input, outputs=net.output, dtype=dtype, **kwargs)
         self.family, self.image_shape, self.width = family, tuple(image_shape), width
         self.depths, self.bn_momentum, self.scales = depths, bn_momentum, builder_kwargs.get("scales")
-        self.end_points = dict(net.end_points)
+
+    @property
+    def end_points(self) -> dict:
+        """slim's end points, read from the graph (:func:`keras_inception.end_points`)."""
+        return end_points(self)
 
     def get_config(self) -> dict:
         return {
@@ -125,14 +135,27 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def _head(model: keras.Model, family: registry.Family) -> tuple[keras.layers.Layer, float] | None:
-    """The classifier layer of ``model`` and its dropout rate, if it has a head."""
+    """The classifier layer of ``model`` and its dropout rate; ``None`` for a model without a
+    head. Found by their slim names: a classifier output without them is refused, never taken
+    for a backbone (nor a head for one without dropout)."""
     found = {layer.name: layer for layer in all_layers(model)}
     # a fine-tuned Inception-v3 has a dense head where slim's has a 1x1 convolution
-    logits = found.get(keras_name(family.logits_scope)) or found.get(keras_name(registry.DENSE_LOGITS_SCOPE))
+    names = list(dict.fromkeys([keras_name(family.logits_scope), keras_name(registry.DENSE_LOGITS_SCOPE)]))
+    logits = next((found[name] for name in names if name in found), None)
     if logits is None:
+        if any(isinstance(layer, ClassifierOutput) for layer in output_layers(model)):
+            raise ValueError(
+                f"{model.name} has a classifier output but no classifier layer named "
+                f"{' or '.join(map(repr, names))}: is it a {family.name}?"
+            )
         return None
     dropout = found.get(keras_name(registry.HEAD_DROPOUT_SCOPE))
-    return logits, float(dropout.rate) if dropout is not None else 0.0
+    if dropout is None:
+        raise ValueError(
+            f"{model.name}'s classifier {logits.name!r} has no dropout layer "
+            f"{keras_name(registry.HEAD_DROPOUT_SCOPE)!r} before it (build it with dropout_rate=0.0 for none)"
+        )
+    return logits, float(dropout.rate)
 
 
 def save_preset(
@@ -156,10 +179,10 @@ def save_preset(
     spec = registry.family(family)
     side = model.input_shape[1] if image_size is None else image_size
     side = side or spec.default_size
+    head = _head(model, spec)
     backbone = InceptionBackbone(family, **builder_kwargs)
     _copy_weights(model, backbone)
     preprocessor = InceptionImageClassifierPreprocessor(InceptionImageConverter(image_size=(side, side)))
-    head = _head(model, spec)
     if head is None:
         backbone.save_to_preset(preset_dir)
         preprocessor.save_to_preset(preset_dir)

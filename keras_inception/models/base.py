@@ -22,6 +22,7 @@ from keras_inception.nn.layers import (
     Builder,
     ClassifierOutput,
     FinalEndPoint,
+    end_points,
     keras_name,
 )
 from keras_inception.weights import loading, sources
@@ -51,7 +52,8 @@ def build(
 ) -> keras.Model:
     """Validate the arguments, build ``body`` with its heads, load ``weights``.
 
-    The model's :attr:`end_points` holds slim's end points as they were recorded.
+    The model's :attr:`end_points` holds slim's end points as they were recorded;
+    :func:`~keras_inception.nn.layers.end_points` reads the same from the graph (saved files too).
     """
     validate(
         family,
@@ -307,23 +309,6 @@ def multiply_adds(model: keras.Model) -> int:
         elif isinstance(layer, layers.Dense):
             total += int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
     return int(total)
-
-
-def end_points(model: keras.Model) -> dict[str, keras.KerasTensor]:
-    """slim's end points of a model built here, in network order: ``{"Mixed_5b": tensor, ...}``.
-
-    They are recorded as the network is built (slim's ``end_points[name] = net``):
-    stem convolutions and pools, ``Mixed_*`` blocks, ``PreAuxLogits``, the heads'
-    ``global_pool``, ``Logits`` / ``AuxLogits`` (pre-activation) and ``Predictions``.
-    """
-    points = getattr(model, "end_points", None)
-    if points is None:
-        raise ValueError(
-            f"model {model.name!r} has no recorded end points: they are recorded when a "
-            "keras_inception builder makes the network (a model loaded from a file has none; "
-            "build it again and load the file as weights=)"
-        )
-    return dict(points)
 
 
 def feature_extractor(model: keras.Model, names: Sequence[str]) -> keras.Model:

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import re
 
 import keras
 from keras import layers, ops
@@ -250,22 +251,12 @@ class BatchNorm(layers.BatchNormalization):
         )
 
     def _fused_step(self, inputs):
-        import tensorflow as tf
+        from keras_inception.nn import layers_tf
 
         channels = inputs.shape[-1]
         gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,), "float32")
         beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,), "float32")
-        empty = ops.zeros((0,), "float32")
-        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=ops.cast(inputs, self.compute_dtype),
-            scale=gamma,
-            offset=beta,
-            mean=empty,
-            variance=empty,
-            epsilon=self.epsilon,
-            data_format="NHWC",
-            is_training=True,
-        )
+        y, mean, variance = layers_tf.fused_batch_norm(inputs, gamma, beta, self.epsilon, self.compute_dtype)
         if _RECOMPUTING.get():  # the backward pass runs this batch again: its statistics are in
             return y
         if self.variance_update == "biased":  # the kernel returns the unbiased variance
@@ -298,11 +289,10 @@ class BatchNorm(layers.BatchNormalization):
             return ops.sum(ops.cast(mask, x.dtype))
         channels = math.prod(x.shape[a] for a in range(len(x.shape)) if a not in self._reduction_axes)
         n = ops.cast(ops.size(x) // channels, x.dtype)
-        if self.synchronized:  # the TensorFlow backend's: its moments all-reduce the counts too
-            import tensorflow as tf
+        if self.synchronized and keras.backend.backend() == "tensorflow":  # its moments all-reduce too
+            from keras_inception.nn import layers_tf
 
-            context = tf.distribute.get_replica_context()
-            n = context.all_reduce(tf.distribute.ReduceOp.SUM, n) if context else n
+            n = layers_tf.replica_sum(n)
         return n
 
     def _update_moving(self, mean, variance) -> None:
@@ -324,15 +314,10 @@ class Conv2D(layers.Conv2D):
     def call(self, inputs, training=None):
         if not (training and self._pointwise() and keras.backend.backend() == "tensorflow"):
             return super().call(inputs)
-        import tensorflow as tf
+        from keras_inception.nn import layers_tf
 
-        rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
-        kernel = tf.reshape(self.kernel, self.kernel.shape[2:])  # (a slice's gradient would copy)
-        outputs = tf.matmul(rows, ops.cast(kernel, rows.dtype))
-        outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], 0))
-        outputs.set_shape([*inputs.shape[:-1], self.filters])
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, ops.cast(self.bias, outputs.dtype))
+        bias = self.bias if self.use_bias else None
+        outputs = layers_tf.pointwise_conv(inputs, self.kernel, bias, self.filters)
         return outputs if self.activation is None else self.activation(outputs)
 
     def _pointwise(self) -> bool:
@@ -417,3 +402,35 @@ def output_layers(model: keras.Model) -> list[layers.Layer]:
     """The layers that produce ``model``'s outputs, in output order."""
     names = getattr(model, "output_names", None)
     return [model.get_layer(name) for name in names] if names else [model.layers[-1]]
+
+
+# slim's end point names: the scopes whose output slim records (``end_points[scope] = net``)
+END_POINT = re.compile(
+    r"(Conv2d|MaxPool)_\d+[a-z]_\d+x\d+|Mixed_\d+[a-z]|PreAuxLogits|global_pool|(Aux)?(Logits|Predictions)"
+)
+
+
+def end_points(model: keras.Model) -> dict:
+    """slim's end points of a model built here, read from its graph: ``{"Mixed_5b": tensor, ...}``.
+
+    Each is the output of the last layer (in the graph's order) of a top-level scope named
+    as slim names its end points (:data:`END_POINT`): stem convolutions (their ReLU) and
+    pools, ``Mixed_*`` blocks, ``PreAuxLogits``, the heads' ``global_pool``, ``Logits`` /
+    ``AuxLogits`` (pre-activation) and ``Predictions``; the aux head's last, as they are
+    built. They follow the layer names, so a model loaded from a ``.keras`` file, a folded
+    one (:func:`~keras_inception.deploy.folding.fold_batchnorm`) or a KerasHub backbone has them
+    too.
+    """
+    points = {}
+    for layer in model.layers:
+        if isinstance(layer, ClassifierOutput) and layer.activation is keras.activations.linear:
+            continue  # the logits output: the Logits end point's values again, under its name
+        scope = layer.name.split(SEPARATOR)[0]
+        if END_POINT.fullmatch(scope):
+            points[scope] = layer.output
+    if not points:
+        raise ValueError(
+            f"model {model.name!r} has no end points: none of its layers is named after a slim "
+            "end point (Conv2d_1a_3x3, Mixed_5b, Logits...); build it with keras_inception"
+        )
+    return {name: points[name] for name in sorted(points, key=lambda name: name.startswith("Aux"))}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_inception.core import registry
 from keras_inception.input import pipelines as data
 from keras_inception.models import get
 from keras_inception.nn.layers import SEPARATOR, ClassifierOutput, keras_name
@@ -44,8 +45,8 @@ def transfer_model(
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = base(inputs, training=False)
-    x = keras.layers.Dropout(dropout_rate, name=keras_name("Logits/Dropout_1b"))(x)
-    x = keras.layers.Dense(len(class_names), name=keras_name("Logits/Logits"))(x)
+    x = keras.layers.Dropout(dropout_rate, name=keras_name(registry.HEAD_DROPOUT_SCOPE))(x)  # hub finds them
+    x = keras.layers.Dense(len(class_names), name=keras_name(registry.DENSE_LOGITS_SCOPE))(x)
     outputs = ClassifierOutput("softmax", class_names, name="Predictions")(x)
     return keras.Model(inputs, outputs, name=f"{model_name}_transfer"), base
 

@@ -1,5 +1,8 @@
 """Rematerialisation: recompute a network's stem in the backward pass of a training step.
 
+:func:`rematerialize` gives a model a ``train_step`` (the hook Keras's ``fit`` runs) whose
+forward pass recomputes; :func:`forward` is that forward pass, for loops of one's own.
+
 A training step keeps two tensors per conv unit for the backward pass (the convolution's
 output for BatchNorm's gradient, the ReLU's for the next gradients). The stem's
 convolutions at 149x149 down to 71x71 hold the largest of them. :func:`rematerialize`
@@ -11,7 +14,8 @@ multiply-adds (Inception-ResNet-v2 to Inception-v3).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -47,9 +51,9 @@ def recompute(segment: keras.Model):
     return run
 
 
-def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = None) -> keras.Model:
-    """Recompute, in the backward pass of ``model``'s training calls, the activations
-    before each end point, keeping only the end points' outputs.
+def forward(model: keras.Model, end_points: Sequence[str] | bool | None = None) -> Callable:
+    """``model``'s training forward pass, ``x -> outputs``, recomputing in the backward pass
+    the activations before each end point and keeping only the end points' outputs.
 
     ``end_points`` are layer names in network order, each a tensor every path from the
     input to the outputs goes through (slim's stem end points are). A segment may hold no
@@ -59,11 +63,15 @@ def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = 
     call runs the whole model.
 
     ``None`` (or ``True``): the model's :data:`STEM_END_POINTS` where all that allows (one
-    input, the end points top-level layers and not outputs), no recomputation otherwise;
-    explicit end points raise instead. An empty sequence (or ``False``) undoes it.
-    Inference, the model's config and its saved files are unchanged: this is how a
-    training step runs, not part of the model.
+    input, the end points top-level layers and not outputs), the plain forward pass
+    otherwise; explicit end points raise instead. An empty sequence (or ``False``): the
+    plain forward pass, ``model(x, training=True)``.
     """
+    return _recomputing(model, end_points) or functools.partial(model, training=True)
+
+
+def _recomputing(model: keras.Model, end_points: Sequence[str] | bool | None) -> Callable | None:
+    """:func:`forward`'s recomputing forward pass, ``None`` where nothing is recomputed."""
     if isinstance(end_points, bool):
         end_points = None if end_points else ()
     if isinstance(end_points, str):
@@ -80,20 +88,54 @@ def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = 
                 if layer.name in STEM_END_POINTS and id(layer.output) not in outputs
             ]
     try:
-        call = _segmented_call(model, list(end_points), strict)
+        return _segmented(model, list(end_points), strict)
     except ValueError:
         if strict:
             raise
-        call = None  # e.g. a cut the graph reaches around: nothing to recompute
-    vars(model).pop("call", None)  # undo an earlier one
-    if call is not None:
-        # An attribute of the instance, not a tracked layer: the segments share the model's
-        # layers, and the model's weights, config and saved files stay as they were.
-        object.__setattr__(model, "call", call)
+        return None  # e.g. a cut the graph reaches around: nothing to recompute
+
+
+def rematerialize(model: keras.Model, end_points: Sequence[str] | bool | None = None) -> keras.Model:
+    """Give ``model`` a ``train_step`` (Keras's hook for what ``fit`` runs) whose forward pass
+    is :func:`forward`'s: the activations before each end point recomputed in the backward
+    pass. ``end_points`` as :func:`forward`'s; where nothing is recomputed (``()`` or
+    ``False``, or the default where it does not apply), Keras's own step again.
+
+    Inference, the model's ``call``, its config and its saved files are unchanged: this is
+    how a training step runs, not part of the model.
+    """
+    run = _recomputing(model, end_points)
+    vars(model).pop("train_step", None)  # undo an earlier one
+    if run is not None:
+        model.train_step = _train_step(model, run)
+    if getattr(model, "compiled", False):
+        model.make_train_function(force=True)  # a step made before traces the new one
     return model
 
 
-def _segmented_call(model: keras.Model, end_points: list[str], strict: bool):
+def _train_step(model: keras.Model, run: Callable) -> Callable:
+    """Keras's training step (loss, its tracker, loss scaling, update, metrics) in public API,
+    the forward pass ``run``."""
+    import tensorflow as tf
+
+    def train_step(data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = run(x)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync  # the loss is per replica
+            batch = tf.shape(keras.tree.flatten(x)[0])[0]
+            tracker = next(metric for metric in model.metrics if metric.name == "loss")
+            tracker.update_state(loss * tf.cast(replicas, loss.dtype), sample_weight=batch)
+            loss = model.optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    return train_step
+
+
+def _segmented(model: keras.Model, end_points: list[str], strict: bool) -> Callable | None:
     if not end_points:
         return None
     if keras.backend.backend() != "tensorflow":
@@ -111,23 +153,23 @@ def _segmented_call(model: keras.Model, end_points: list[str], strict: bool):
     rest = _segment(start, model.outputs, end_points[-1], f"{model.name}_after_{end_points[-1]}")
     if strict and (problem := _problem(segments)):
         raise ValueError(problem)
-    whole = type(model).call.__get__(model)  # the class's, not an earlier rematerialisation's
 
-    def call(inputs, training=None, mask=None, **kwargs):
+    def run(inputs):
         import tensorflow as tf
 
-        if not training or tf.executing_eagerly():
-            return whole(inputs, training=training, mask=mask, **kwargs)
+        if tf.executing_eagerly():
+            return model(inputs, training=True)
         if problem := _problem(segments):  # checked again: trainability and policy can change
             if strict:
                 raise ValueError(problem)
-            return whole(inputs, training=training, mask=mask, **kwargs)
+            return model(inputs, training=True)
         x = keras.tree.flatten(inputs)[0]
         for segment in segments:
             x = recompute(segment)(x)
-        return rest(x, training=True)
+        outputs = rest(x, training=True)
+        return outputs[0] if isinstance(outputs, list) and len(model.outputs) == 1 else outputs
 
-    return call
+    return run
 
 
 def _segment(start, end, end_point: str, name: str) -> keras.Model:
@@ -143,7 +185,7 @@ def _segment(start, end, end_point: str, name: str) -> keras.Model:
 def _problem(segments: list[keras.Model]) -> str | None:
     """Why a segment cannot be recomputed as it ran, or ``None``."""
     for layer in (layer for segment in segments for layer in all_layers(segment)):
-        if getattr(layer, "_seed_generators", None):
+        if any(isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()):
             return f"cannot rematerialize {layer.name}: it is random, and would draw anew when recomputed"
         trains = isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
         if trains and not (isinstance(layer, BatchNorm) and layer.fused_training()):

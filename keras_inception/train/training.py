@@ -36,7 +36,7 @@ from keras_inception.models.base import all_layers  # noqa: E402
 from keras_inception.nn.layers import VARIANCE_UPDATES, BatchNorm, output_layers  # noqa: E402
 from keras_inception.train import runs  # noqa: E402
 from keras_inception.train.optimizers import SlimRMSprop, WarmupExponentialDecay  # noqa: E402
-from keras_inception.train.remat import rematerialize  # noqa: E402
+from keras_inception.train.remat import forward, rematerialize  # noqa: E402
 
 STRATEGIES = ("one-device", "mirrored", "multi-worker", "tpu")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -483,7 +483,8 @@ def distributed_fit(
     """
     with strategy.scope():
         model = build_model()
-        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases, remat=remat)
+        compile_model(model, recipe, steps_per_epoch, l2_biases=l2_biases, remat=False)  # fit's step
+        run = forward(model, remat)  # this loop's
         optimizer = model.optimizer
         losses, weights = loss_spec(model, recipe)
     manager = _checkpoint_manager(strategy, model, optimizer, checkpoint_dir)
@@ -496,7 +497,7 @@ def distributed_fit(
         def replica_step(x, y):
             targets = list(y) if len(model.outputs) > 1 else [y]
             with tf.GradientTape() as tape:
-                outputs = model(x, training=True)
+                outputs = run(x)
                 outputs = list(outputs) if len(model.outputs) > 1 else [outputs]
                 per_example = sum(
                     w * f(t, o) for f, w, t, o in zip(reduction_none, weights, targets, outputs, strict=True)
