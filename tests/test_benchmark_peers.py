@@ -2,7 +2,7 @@
 comes first, a peer that is not installed is named as skipped (speed is never asserted).
 
 timm runs in KERAS_INCEPTION_TORCH_PYTHON when set (a virtualenv with torch, torchvision and
-timm, as the README's benchmark section makes), else in this Python, where it is named as skipped.
+timm, as docs/benchmarking.md makes), else in this Python, where it is named as skipped.
 """
 
 import json

@@ -174,7 +174,7 @@ def test_parameter_counts_multiply_adds_and_slim_manifest(name):
     assert 0.995 * reference < macs <= reference  # ours: convolutions and dense only
     with open(README) as f:
         row = next(line for line in f if line.startswith(f"| `{get(name).__name__}` |"))
-    assert f"| {macs / 1e9:.2f} G | {reference / 1e9:.2f} G |" in row  # the README's columns
+    assert f"| {plain:,} | {macs / 1e9:.2f} G | {reference / 1e9:.2f} G |" in row  # the README's columns
     model = get(name)(classes=1001, aux_logits=True)
     assert model.count_params() == with_aux
     scope = registry.family(name).slim_scope

@@ -63,6 +63,7 @@ def test_the_sdist_holds_the_package_the_tests_and_the_license(dist):
         names = {n.removeprefix(f"{top}/") for n in tar.getnames()}
     assert source_files() <= names
     assert {"LICENSE", "README.md", "setup.cfg", "pyproject.toml", "tests/conftest.py", "tools"} <= names
+    assert {"docs/api.md", "docs/weights.md", "docs/training.md"} <= names  # the guides the README links
 
 
 def test_metadata_and_the_extras(dist):

@@ -1,4 +1,4 @@
-"""Measure every deployment path of full-size models on real photos; write docs/deployment.md.
+"""Measure every deployment path of full-size models on real photos; write docs/deployment-report.md.
 
     python tools/deploy_report.py --images ../shared/datasets/imagenet_sample/images \
         --models inception_v3 inception_v4 --weights imagenet
@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["inception_v3", "inception_v4"])
     p.add_argument("--weights", default=None, help="imagenet, or omit for the default initialisation")
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--output", default="docs/deployment.md")
+    p.add_argument("--output", default="docs/deployment-report.md")
     args = p.parse_args()
     images = export.representative_images(args.images, (299, 299), args.limit)
     lines = [

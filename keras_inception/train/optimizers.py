@@ -119,8 +119,9 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     def _apply_kernel(self, gradient, variable, ms, mom, learning_rate) -> None:
         """The step as TF1's ``RMSPropOptimizer`` runs it: one ``ResourceApplyRMSProp`` per
         variable, where Keras's ops take about twenty, each with a temporary as large as the
-        variable (the README has the measured effect). Under ``tf.distribute`` the handles
-        are the replica's own copies: Keras calls this inside ``strategy.extended.update``."""
+        variable (docs/training.md; docs/profile-training.md has the step's time per op). Under
+        ``tf.distribute`` the handles are the replica's own copies: Keras calls this inside
+        ``strategy.extended.update``."""
 
         def cast(value):
             return tf.cast(value, variable.dtype)
