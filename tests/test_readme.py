@@ -292,7 +292,8 @@ def test_snippets_run(path, mirror, tmp_path, monkeypatch):
         pytest.importorskip(module)
     monkeypatch.chdir(tmp_path)
     os.makedirs("keras_inception/resources")
-    os.symlink(os.path.join(ROOT, "keras_inception", "resources", "images"), "keras_inception/resources/images")
+    images = os.path.join("keras_inception", "resources", "images")
+    os.symlink(os.path.join(ROOT, images), images)
     rng = np.random.default_rng(0)
     for label in ("daisy", "rose"):
         os.makedirs(f"flowers/{label}")
