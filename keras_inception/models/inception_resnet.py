@@ -91,7 +91,7 @@ def InceptionResNetV2(
     same weights load.
     """
     _check_backbone(output_stride, align_feature_maps, final_endpoint)
-    a, b_, c = check_depths(depths)
+    n35, n17, n8 = check_depths(depths)
     s35, s17, s8 = _scales(scales)
     atrous = output_stride == 8
     padding = "same" if align_feature_maps else "valid"
@@ -103,15 +103,15 @@ def InceptionResNetV2(
             b, x, "Mixed_5b", b0=96, b1=(48, 64), b2=(64, 96, 96), b3=64, k1=5,
             rename={"Branch_0/Conv2d_0a_1x1": "Branch_0/Conv2d_1x1"},
         ))  # fmt: skip
-        x = repeat(b, x, blocks.block35, "Repeat", a, s35)
+        x = repeat(b, x, blocks.block35, "Repeat", n35, s35)
         x = b.add("Mixed_6a", blocks.reduction_a(
             b, x, "Mixed_6a", k=256, l=256, m=384, n=384, strides=1 if atrous else 2, padding=padding
         ))  # fmt: skip
         with b.rate(2 if atrous else 1):
-            x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17)
+            x = repeat(b, x, blocks.block17, "Repeat_1", n17, s17)
         x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
         x = b.add("Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", padding=padding))
-        x = repeat(b, x, blocks.block8, "Repeat_2", c - 1, s8)
+        x = repeat(b, x, blocks.block8, "Repeat_2", n8 - 1, s8)
         x = blocks.block8(b, x, "Block8", 1.0, activation=None)
         return b.add("Conv2d_7b_1x1", b.conv(x, 1536, 1, "Conv2d_7b_1x1")), aux
 
@@ -148,20 +148,20 @@ def InceptionResNetV1(
     Reduction-B of Fig. 12; 1792 features. Layers follow slim's conventions and
     IRv2's scope names. Arguments as :func:`InceptionResNetV2`.
     """
-    a, b_, c = check_depths(depths)
+    n35, n17, n8 = check_depths(depths)
     s35, s17, s8 = _scales(scales)
 
     def body(b: Builder, x):
         x = blocks.stem_v3(b, x)
         x = b.add("Conv2d_4b_3x3", b.conv(x, 256, 3, "Conv2d_4b_3x3", strides=2, padding="valid"))
-        x = repeat(b, x, blocks.block35, "Repeat", a, s35, b2=(32, 32, 32))
+        x = repeat(b, x, blocks.block35, "Repeat", n35, s35, b2=(32, 32, 32))
         x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=192, m=256, n=384))
-        x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17, b0=128, b1=(128, 128, 128))
+        x = repeat(b, x, blocks.block17, "Repeat_1", n17, s17, b0=128, b1=(128, 128, 128))
         x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
         x = b.add(
             "Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", b1=(256, 256), b2=(256, 256, 256))
         )
-        x = repeat(b, x, blocks.block8, "Repeat_2", c, s8, b1=(192, 192, 192))
+        x = repeat(b, x, blocks.block8, "Repeat_2", n8, s8, b1=(192, 192, 192))
         return x, aux
 
     return build(

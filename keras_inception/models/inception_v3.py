@@ -52,28 +52,28 @@ def InceptionV3(
     ``depth_multiplier``, ``depths`` the 35x35, 17x17 and 8x8 block counts (slim 3, 4, 2;
     other counts repeat the middle blocks' filters).
     """
-    a, b_, c = stage_names(depths)
+    grid35, grid17, grid8 = stage_names(depths)
 
     def c7(i: int) -> int:  # 17x17 bottleneck widths: 128, 160, ..., 160, 192
-        return 128 if i == 0 else 192 if i == len(b_) - 1 else 160
+        return 128 if i == 0 else 192 if i == len(grid17) - 1 else 160
 
     def body(b: Builder, x):
         x = blocks.stem_v3(b, x)
         x = b.add("MaxPool_5a_3x3", max_pool(x, "MaxPool_5a_3x3"))
-        for i, scope in enumerate(a):
+        for i, scope in enumerate(grid35):
             rename = MIXED_5C if scope == "Mixed_5c" else None
             x = b.add(scope, blocks.inception_a(
                 b, x, scope, b0=64, b1=(48, 64), b2=(64, 96, 96), b3=32 if i == 0 else 64, k1=5, rename=rename
             ))  # fmt: skip
         x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=64, l=96, m=96, n=384, rename=MIXED_6A))
-        for i, scope in enumerate(b_):
+        for i, scope in enumerate(grid17):
             f = c7(i)
             x = b.add(
                 scope, blocks.inception_b(b, x, scope, b0=192, b1=(f, f, 192), b2=(f, f, f, f, 192), b3=192)
             )
         aux = x
         x = b.add("Mixed_7a", blocks.reduction_b(b, x, "Mixed_7a", b0=(192, 320), b1=(192, 192, 192, 192)))
-        for scope in c:
+        for scope in grid8:
             x = b.add(scope, blocks.inception_c(
                 b, x, scope, b0=320, b1=(384, 384), b2=((448, 1), (384, 3)), split2=384, b3=192,
                 rename=MIXED_7B if scope == "Mixed_7b" else None,

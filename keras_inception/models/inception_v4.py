@@ -37,18 +37,18 @@ def InceptionV4(
     ``width`` (channel multiplier), ``depths`` (blocks per stage) and
     ``final_endpoint`` (stop at that end point; needs ``include_top=False``).
     """
-    a, b_, c = stage_names(depths)
+    grid35, grid17, grid8 = stage_names(depths)
 
     def body(b: Builder, x):
         x = blocks.stem_v4(b, x)
-        for scope in a:
+        for scope in grid35:
             x = b.add(scope, blocks.inception_a(b, x, scope))
         x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=224, m=256, n=384))
-        for scope in b_:
+        for scope in grid17:
             x = b.add(scope, blocks.inception_b(b, x, scope))
         aux = x
         x = b.add("Mixed_7a", blocks.reduction_b(b, x, "Mixed_7a"))
-        for scope in c:
+        for scope in grid8:
             x = b.add(scope, blocks.inception_c(b, x, scope))
         return x, aux
 
