@@ -13,7 +13,17 @@ from keras_inception.models.base import build, stage_names
 from keras_inception.nn import blocks
 from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder, max_pool
 
-FAMILY = registry.FAMILIES["inception_v3"]
+FAMILY = registry.Family(
+    "inception_v3",
+    "InceptionV3",
+    depths=(3, 4, 2),
+    logits_scope="Logits/Conv2d_1c_1x1",
+    aux_conv_scope="AuxLogits/Conv2d_2a_{}x{}",
+    aux_logits_scope="AuxLogits/Conv2d_2b_1x1",
+    aux_kernel=5,
+    conv_logits=True,
+    aux_stddevs=(0.01, 0.001),
+)
 
 # slim's irregular names: Mixed_5c's 5x5 tower, Mixed_6a's 3x3s called 1x1, Mixed_7b's split.
 MIXED_5C = {
@@ -27,6 +37,13 @@ MIXED_6A = {
 MIXED_7B = {"Branch_1/Conv2d_0c_3x1": "Branch_1/Conv2d_0b_3x1"}
 
 
+@registry.register(
+    FAMILY,
+    registry.PretrainedConfig("imagenet", "inception_v3_2016_08_28.tar.gz", top1=78.0, top5=93.9),
+    registry.PretrainedConfig("adv_imagenet", "adv_inception_v3_2017_08_18.tar.gz"),
+    registry.PretrainedConfig("ens3_adv_imagenet", "ens3_adv_inception_v3_2017_08_18.tar.gz"),
+    registry.PretrainedConfig("ens4_adv_imagenet", "ens4_adv_inception_v3_2017_08_18.tar.gz"),
+)
 def InceptionV3(
     include_top: bool = True,
     weights=None,

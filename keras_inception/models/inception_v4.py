@@ -9,9 +9,19 @@ from keras_inception.models.base import build, stage_names
 from keras_inception.nn import blocks
 from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder
 
-FAMILY = registry.FAMILIES["inception_v4"]
+FAMILY = registry.Family(
+    "inception_v4",
+    "InceptionV4",
+    depths=(4, 7, 3),
+    aux_conv_scope="AuxLogits/Conv2d_2a",
+    aux_logits_scope="AuxLogits/Aux_logits",
+)
 
 
+@registry.register(
+    FAMILY,
+    registry.PretrainedConfig("imagenet", "inception_v4_2016_09_09.tar.gz", top1=80.2, top5=95.2),
+)
 def InceptionV4(
     include_top: bool = True,
     weights=None,
