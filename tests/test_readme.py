@@ -58,7 +58,7 @@ def readme_commands() -> list[str]:
 
 def test_the_readme_shows_every_command():
     used = {words[0] for words in readme_commands()}
-    assert used == {"convert", "predict", "export", "train", "finetune", "evaluate", "benchmark"}
+    assert used == {"convert", "predict", "export", "train", "finetune", "evaluate"}
 
 
 @pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
@@ -82,13 +82,6 @@ def test_the_command_prints_no_tensorflow_start_up_lines(tmp_path):
         f"keras-inception convert: error: no weights at {tmp_path / 'none.ckpt'} (neither a .keras / "
         f".weights.h5 file, an archive, a V1 checkpoint nor a V2 prefix with {tmp_path / 'none.ckpt'}.index)"
     ]
-
-
-def test_benchmark_help_is_the_tools(capsys):
-    with pytest.raises(SystemExit) as done:
-        cli.main(["benchmark", "--help"])
-    assert done.value.code == 0
-    assert "--peak-sizes" in capsys.readouterr().out  # tools/benchmark.py's own options
 
 
 @pytest.mark.parametrize("path", GUIDES, ids=os.path.basename)

@@ -1,8 +1,8 @@
 """Speed, memory and scaling of the four networks, beside peers and the machine's matmul
 peak, in one run; writes docs/benchmarks.md and PNG plots.
 
-    keras-inception benchmark            # or python tools/benchmark.py: the full table
-    keras-inception benchmark --quick    # batch 1 and 32, float32 / bfloat16 only
+    python tools/benchmark.py            # the full table
+    python tools/benchmark.py --quick    # batch 1 and 32, float32 / bfloat16 only
 
 Peers (--peers): keras.applications (InceptionV3, InceptionResNetV2), OpenVINO (our model
 exported as float32, bfloat16 and NNCF int8) and timm (PyTorch, channels_last, bfloat16 by

@@ -354,7 +354,7 @@ def train_network(
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if strategy == "multi-worker":
-        unsupported = {"--val-data": validation is not None, "--xla": xla}
+        unsupported = {"validation=DATA": validation is not None, "xla=True": xla}
         if any(unsupported.values()):
             raise ValueError(
                 "the multi-worker loop does not support " + ", ".join(k for k, v in unsupported.items() if v)
@@ -363,7 +363,7 @@ def train_network(
         keras.config.set_dtype_policy(f"mixed_{mixed_precision}")
     steps = steps_per_epoch or (source.num_examples // batch_size if source.num_examples else None)
     if not steps:
-        raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
+        raise ValueError("the dataset size is unknown (TFRecords): pass steps_per_epoch=N")
     builder = get(model_name)
     extra = {"width": width} | ({"depths": tuple(depths)} if depths else {})
     l2_biases = registry.family(model_name).l2_biases
