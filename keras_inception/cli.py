@@ -271,21 +271,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_benchmark(args) -> int:
-    """Runs ``tools/benchmark.py`` of the source checkout this package was installed from."""
-    import runpy
-
-    script = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark.py"
-    )
-    if not os.path.isfile(script):
-        raise FileNotFoundError(
-            "the benchmark is a tool of the source repository (tools/benchmark.py); "
-            "run it from a clone: pip install -e . && keras-inception benchmark"
-        )
-    return runpy.run_path(script)["main"](args.options)
-
-
 def _data_options(p: argparse.ArgumentParser, tfrecords: bool = True) -> None:
     if tfrecords:
         p.add_argument("--data-dir", help="TFDS data_dir (for tfds:NAME data)")
@@ -475,34 +460,37 @@ def parser() -> argparse.ArgumentParser:
     _data_options(v)
     v.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser(
-        "benchmark", add_help=False, help="speed and memory against peers (options: benchmark --help)"
-    )
-    b.set_defaults(func=cmd_benchmark, options=[])
     p.commands = sub.choices
     return p
 
 
 def parse(argv: list[str], p: argparse.ArgumentParser | None = None) -> argparse.Namespace:
-    """The command's arguments (``benchmark`` passes its own on to the tool)."""
+    """The command's arguments."""
     p = p or parser()
     args, extra = p.parse_known_args(argv)
-    if args.command == "benchmark":
-        args.options, extra = extra, []  # tools/benchmark.py parses its own options
-    elif args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
+    if args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
         args.output = extra.pop()  # OUTPUT after the options: argparse leaves it over
     if extra:
         p.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
+# Library parameters whose command-line option has another name.
+PARAMETER_DESTS = {"validation": "val_data"}
+
+
 def in_flags(message: str, command: argparse.ArgumentParser) -> str:
-    """``message`` with the command's flags for the parameters it names (``weights=`` -> ``--weights``)."""
+    """``message`` with the command's flags for the parameters it names (``weights=`` -> ``--weights``,
+    ``xla=True`` -> ``--xla``)."""
+    for parameter, dest in PARAMETER_DESTS.items():
+        message = re.sub(rf"(?<![\w-]){parameter}=", f"{dest}=", message)
     for action in command._actions:  # argparse lists a parser's options nowhere public
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag and action.dest.isidentifier():
             message = re.sub(rf"(?<![\w-]){action.dest}(?:= ?(?=\S)| (?=must\b))", f"{flag} ", message)
             message = message.replace(f"{flag} None", f"{flag} none")
+            if action.nargs == 0 and action.const is True:  # a store_true option: the flag alone
+                message = message.replace(f"{flag} True", flag)
     return message
 
 

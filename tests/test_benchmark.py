@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from keras_inception import cli
 from keras_inception.core import cpu
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -19,9 +18,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 def test_benchmark_runs_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench.md"
-    code = cli.main(  # keras-inception benchmark runs tools/benchmark.py
+    code = _load_tool("benchmark").main(
         [
-            "benchmark",
             "--models",
             "inception_v3",
             "--batch-sizes",
@@ -84,7 +82,7 @@ def test_benchmark_training_alone_in_rounds(tmp_path):
     options += " --repeats 1 --peak-sizes 128 --peak-seconds 0.1 --peers --train-batch-sizes 2"
     options += " --train-precisions float32 --train-rounds 2"
     options += " --sizes --scaling-models --profile-models"
-    assert cli.main(["benchmark", *options.split(), "--output", str(out)]) == 0
+    assert _load_tool("benchmark").main([*options.split(), "--output", str(out)]) == 0
     text = out.read_text()
     results = json.loads((tmp_path / "train.json").read_text())
     assert results["inference"] == [] and "## Inference" not in text and "ours/peer above 1" not in text
@@ -403,3 +401,10 @@ def test_reproduce_experiments_run_on_a_tiny_folder(tmp_path):
     scaling = json.loads((out / "residual-scaling" / "scale1.0.json").read_text())
     assert scaling["zero_trace"] and scaling["scale"] == 1.0
     assert "Residual scaling" in (tmp_path / "docs" / "reproduction.md").read_text()
+
+
+def test_benchmark_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        _load_tool("benchmark").main(["--help"])
+    assert done.value.code == 0
+    assert "--peak-sizes" in capsys.readouterr().out

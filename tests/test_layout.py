@@ -143,3 +143,17 @@ def test_slim_checkpoints_load_under_jax_without_tensorflow(tmp_path):
     run = _run_without_tensorflow(tmp_path, prefix)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_family_is_declared_once_in_its_module_and_the_tables_follow():
+    from keras_inception.core import registry
+    from keras_inception.models import MODELS
+
+    assert list(MODELS) == list(registry.FAMILIES) == list(registry.BUILDERS)
+    for name, builder in MODELS.items():
+        declared = vars(sys.modules[builder.__module__]).values()
+        assert name in {value.name for value in declared if isinstance(value, registry.Family)}
+    assert {family for family, _ in registry.PRETRAINED} <= set(registry.FAMILIES)
+    assert all(config.family == family for (family, _), config in registry.PRETRAINED.items())
+    with pytest.raises(ValueError, match="family 'inception_v4' is declared twice"):
+        registry.register(registry.FAMILIES["inception_v4"])(MODELS["inception_v4"])

@@ -255,6 +255,15 @@ def test_flags_replace_parameter_names():
     assert cli.in_flags("top must be 1; format=tflite", command) == "top must be 1; --format tflite"
 
 
+def test_training_errors_name_parameters_and_the_command_names_flags():
+    train = cli.parser().commands["train"]
+    assert cli.in_flags("does not support validation=DATA, xla=True", train) == (
+        "does not support --val-data DATA, --xla"
+    )
+    assert cli.in_flags("pass steps_per_epoch=N", train) == "pass --steps-per-epoch N"
+    assert cli.in_flags("it needs num_classes=N", train) == "it needs --num-classes N"
+
+
 def test_the_download_shows_its_progress_on_stderr(tmp_path, monkeypatch, capsys):
     entry = registry.pretrained_config("inception_v3", "imagenet")
     (tmp_path / "mirror").mkdir()

@@ -34,10 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_inception  # noqa: E402
 from keras_inception.core import atomic as files  # noqa: E402
-from keras_inception.core import (
-    registry,  # noqa: E402
-    reporting,  # noqa: E402
-)
+from keras_inception.core import registry, reporting  # noqa: E402
 from keras_inception.input import pipelines as data  # noqa: E402
 from keras_inception.models import get, multiply_adds  # noqa: E402
 from keras_inception.train import training  # noqa: E402
@@ -48,6 +45,70 @@ PAIRS = {  # (non-residual, residual), depths chosen so multiply-adds match with
     "v4 vs IRv2": (("inception_v4", (1, 2, 1)), ("inception_resnet_v2", (2, 7, 2))),
 }
 MATCH_TOLERANCE = 0.02  # relative multiply-add difference allowed within a pair
+
+
+class ResidualDeathMonitor(keras.callbacks.Callback):
+    """Detects the paper's "dying" residual networks (section 3.3).
+
+    Every ``every`` batches, the features entering the final average pool are
+    computed for ``probe`` images twice: with the probe batch's own BatchNorm
+    statistics, as a training step sees them (``batch_trace``), and with the moving
+    statistics of inference (``trace``); the moving statistics are left as they were.
+    The network has died when at least ``zero_fraction`` of the training-step features
+    are exactly zero, or when the loss is not finite or above ``max_loss``. Zeros seen
+    only with the moving statistics are lagging statistics, not dead units.
+    ``events`` records ``(step, reason, zero fraction, loss)``; ``stop`` ends training.
+    """
+
+    def __init__(self, probe, every: int = 25, zero_fraction: float = 0.99, max_loss: float = 1e3, stop=True):
+        super().__init__()
+        self.probe, self.every, self.threshold, self.max_loss, self.stop = (
+            probe,
+            every,
+            zero_fraction,
+            max_loss,
+            stop,
+        )
+        self.events: list[tuple[int, str, float, float]] = []
+        self.trace: list[tuple[int, float]] = []
+        self.batch_trace: list[tuple[int, float]] = []
+        self._features = None
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        pool = self.model.get_layer("global_pool")
+        self._features = keras.Model(self.model.inputs, pool.input)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        loss = float((logs or {}).get("loss", 0.0))
+        dead_loss = not np.isfinite(loss) or loss > self.max_loss
+        if self._step % self.every and not dead_loss:
+            return
+        moving = np.asarray(self._features(self.probe, training=False))
+        self.trace.append((self._step, float(np.mean(moving == 0.0))))
+        state = [v.numpy() for v in self._features.non_trainable_variables]
+        features = np.asarray(self._features(self.probe, training=True))
+        for variable, value in zip(self._features.non_trainable_variables, state, strict=True):
+            variable.assign(value)
+        zeros = float(np.mean(features == 0.0))
+        self.batch_trace.append((self._step, zeros))
+        reason = (
+            "loss diverged"
+            if dead_loss
+            else "pre-pool features all zero"
+            if zeros >= self.threshold
+            else None
+        )
+        if reason:
+            self.events.append((self._step, reason, zeros, loss))
+            if self.stop:
+                self.model.stop_training = True
+
+    @property
+    def died_at(self) -> int | None:
+        return self.events[0][0] if self.events else None
+
 DEFAULTS = {  # per experiment: what the recorded runs used
     "residual-speedup": {"steps": 1200, "eval_every": 200, "learning_rate": 0.045},
     "residual-scaling": {"steps": 300, "eval_every": 50, "learning_rate": 0.2},
@@ -233,7 +294,7 @@ def residual_scaling(args) -> None:
     probe = next(iter(data.pipeline(train_src, 16, False, args.image_size)))[0]
     for seed in args.seeds:
         for scale in args.scales:
-            monitor = training.ResidualDeathMonitor(probe, every=args.probe_every, stop=True)
+            monitor = ResidualDeathMonitor(probe, every=args.probe_every, stop=True)
             extra = {"width": 1.0, "depths": tuple(args.wide_depths), "scales": (scale, scale, scale)}
             result = run(args, "inception_resnet_v2", seed, extra, [monitor])
             result.update(

@@ -1,8 +1,11 @@
 """What the package knows about each network and each published checkpoint, as data.
 
-Nothing here imports the rest of the package (timm's ``default_cfgs``): the
-checkpoint reader, the weights cache, export, evaluation and the builders all read
-these tables, and only the builders know how a network is made.
+Each family module of :mod:`keras_inception.models` declares its :class:`Family`, its
+published weights (:class:`PretrainedConfig`) and its builder in one place, with
+:func:`register`; the tables here (:data:`FAMILIES`, :data:`PRETRAINED`, :data:`BUILDERS`)
+are filled from those declarations when the package is imported (timm's ``default_cfgs``
+and ``register_model``). Nothing here imports the rest of the package: the checkpoint
+reader, the weights zoo, export, evaluation and the builders all read these tables.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from importlib import resources
+from typing import Any, TypeVar
 
 DENSE_LOGITS_SCOPE = "Logits/Logits"  # the dense classifier: v4, IRv1/v2 and every fine-tuned head
+Builder = TypeVar("Builder", bound=Callable[..., Any])
 HEAD_DROPOUT_SCOPE = "Logits/Dropout_1b"  # the main head's dropout, in every family and fine-tuned head
 
 
@@ -64,7 +70,6 @@ class PretrainedConfig:
     """One published slim checkpoint and the conventions it was trained with.
 
     Attributes:
-        family: the network it belongs to.
         tag: the ``weights=`` value (``"imagenet"``, ``"adv_imagenet"``, ...).
         archive: file name in slim's model zoo.
         top1, top5: slim's ILSVRC-2012 validation accuracy (single crop, %), if published.
@@ -74,9 +79,9 @@ class PretrainedConfig:
         input_size: side of the square input it was evaluated at.
         crop_fraction: central crop of slim's evaluation transform.
         value_range: the pixel range the network expects (``x / 127.5 - 1``).
+        family: the network it belongs to (set by :func:`register`).
     """
 
-    family: str
     tag: str
     archive: str
     top1: float | None = None
@@ -87,59 +92,28 @@ class PretrainedConfig:
     input_size: int = 299
     crop_fraction: float = EVAL_CROP_FRACTION
     value_range: tuple[float, float] = (-1.0, 1.0)
+    family: str = ""
 
 
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "inception_v3",
-            "InceptionV3",
-            depths=(3, 4, 2),
-            logits_scope="Logits/Conv2d_1c_1x1",
-            aux_conv_scope="AuxLogits/Conv2d_2a_{}x{}",
-            aux_logits_scope="AuxLogits/Conv2d_2b_1x1",
-            aux_kernel=5,
-            conv_logits=True,
-            aux_stddevs=(0.01, 0.001),
-        ),
-        Family(
-            "inception_v4",
-            "InceptionV4",
-            depths=(4, 7, 3),
-            aux_conv_scope="AuxLogits/Conv2d_2a",
-            aux_logits_scope="AuxLogits/Aux_logits",
-        ),
-        Family(
-            "inception_resnet_v1", None, depths=(5, 10, 5), conv_initializer="glorot_uniform", l2_biases=True
-        ),
-        Family(
-            "inception_resnet_v2",
-            "InceptionResnetV2",
-            depths=(10, 20, 10),
-            conv_initializer="glorot_uniform",
-            l2_biases=True,
-        ),
-    )
-}
+# Filled by register(), in the order the family modules are imported (keras_inception.models).
+FAMILIES: dict[str, Family] = {}
+PRETRAINED: dict[tuple[str, str], PretrainedConfig] = {}
+BUILDERS: dict[str, Callable[..., Any]] = {}
 
-PRETRAINED: dict[tuple[str, str], PretrainedConfig] = {
-    (p.family, p.tag): p
-    for p in (
-        PretrainedConfig("inception_v3", "imagenet", "inception_v3_2016_08_28.tar.gz", 78.0, 93.9),
-        PretrainedConfig("inception_v4", "imagenet", "inception_v4_2016_09_09.tar.gz", 80.2, 95.2),
-        PretrainedConfig(
-            "inception_resnet_v2", "imagenet", "inception_resnet_v2_2016_08_30.tar.gz", 80.4, 95.3
-        ),
-        PretrainedConfig("inception_v3", "adv_imagenet", "adv_inception_v3_2017_08_18.tar.gz"),
-        PretrainedConfig("inception_v3", "ens3_adv_imagenet", "ens3_adv_inception_v3_2017_08_18.tar.gz"),
-        PretrainedConfig("inception_v3", "ens4_adv_imagenet", "ens4_adv_inception_v3_2017_08_18.tar.gz"),
-        PretrainedConfig("inception_resnet_v2", "adv_imagenet", "adv_inception_resnet_v2_2017_12_18.tar.gz"),
-        PretrainedConfig(
-            "inception_resnet_v2", "ens_adv_imagenet", "ens_adv_inception_resnet_v2_2017_08_18.tar.gz"
-        ),
-    )
-}
+
+def register(family: Family, *pretrained: PretrainedConfig) -> Callable[[Builder], Builder]:
+    """Declare ``family``, its published weights and (decorated) its builder, all in one place."""
+
+    def add(builder: Builder) -> Builder:
+        if family.name in FAMILIES:
+            raise ValueError(f"family {family.name!r} is declared twice")
+        FAMILIES[family.name] = family
+        BUILDERS[family.name] = builder
+        for config in pretrained:
+            PRETRAINED[(family.name, config.tag)] = dataclasses.replace(config, family=family.name)
+        return builder
+
+    return add
 
 
 def family(name: str) -> Family:

@@ -242,7 +242,7 @@ def open_source(spec: str, split: str = "train", data_dir: str | None = None, **
     if os.path.isdir(spec):
         return image_folder(spec, kwargs.get("on_error", "skip"))
     if not kwargs.get("num_classes"):
-        raise ValueError(f"{spec!r} is not a folder: as TFRecords it needs num_classes (--num-classes)")
+        raise ValueError(f"{spec!r} is not a folder: as TFRecords it needs num_classes=N")
     return tfrecords(spec, kwargs["num_classes"], kwargs.get("label_offset", 0))
 
 

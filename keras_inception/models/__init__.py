@@ -12,18 +12,17 @@ import keras
 
 from keras_inception.core import registry
 from keras_inception.models.base import end_points, feature_extractor, multiply_adds
-from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
-from keras_inception.models.inception_v3 import InceptionV3
-from keras_inception.models.inception_v4 import InceptionV4
 from keras_inception.weights import loading, sources
 
-MODELS = {
-    "inception_v3": InceptionV3,
-    "inception_v4": InceptionV4,
-    "inception_resnet_v1": InceptionResNetV1,
-    "inception_resnet_v2": InceptionResNetV2,
-}
-assert set(MODELS) == set(registry.FAMILIES)
+# Each family module declares its family, weights and builder when imported (registry.register),
+# so the order of these imports is the registry's order.
+# isort: off
+from keras_inception.models.inception_v3 import InceptionV3
+from keras_inception.models.inception_v4 import InceptionV4
+from keras_inception.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
+# isort: on
+
+MODELS = registry.BUILDERS  # name -> builder, derived from the family modules' declarations
 
 
 def get(name: str):

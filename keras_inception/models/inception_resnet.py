@@ -17,8 +17,16 @@ from keras_inception.models.base import build, check_depths
 from keras_inception.nn import blocks
 from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder, max_pool
 
-V1 = registry.FAMILIES["inception_resnet_v1"]
-V2 = registry.FAMILIES["inception_resnet_v2"]
+V1 = registry.Family(
+    "inception_resnet_v1", None, depths=(5, 10, 5), conv_initializer="glorot_uniform", l2_biases=True
+)
+V2 = registry.Family(
+    "inception_resnet_v2",
+    "InceptionResnetV2",
+    depths=(10, 20, 10),
+    conv_initializer="glorot_uniform",
+    l2_biases=True,
+)
 SLIM_SCALES = (0.17, 0.10, 0.20)
 # slim's inception_resnet_v2_base end points, in order; output_stride=8 builds up to PreAuxLogits.
 V2_END_POINTS = (
@@ -55,6 +63,62 @@ def _check_backbone(output_stride, align_feature_maps, final_endpoint: str | Non
         )
 
 
+@registry.register(V1)
+def InceptionResNetV1(
+    include_top: bool = True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation="softmax",
+    name: str = "inception_resnet_v1",
+    *,
+    aux_logits: bool = False,
+    dropout_rate: float = 0.2,
+    bn_momentum: float = SLIM_BN_MOMENTUM,
+    width: float = 1.0,
+    depths: tuple[int, int, int] = V1.depths,
+    scales: tuple[float, float, float] = SLIM_SCALES,
+    final_endpoint: str | None = None,
+) -> keras.Model:
+    """Inception-ResNet-v1 from the paper (Figs. 10-15); no slim code or checkpoint exists.
+
+    Stem of Fig. 14 (ending in a stride-2 ``Conv2d_4b_3x3`` to 256 channels),
+    5/10/5 residual blocks, Reduction-A (k, l, m, n) = (192, 192, 256, 384),
+    Reduction-B of Fig. 12; 1792 features. Layers follow slim's conventions and
+    IRv2's scope names. Arguments as :func:`InceptionResNetV2`.
+    """
+    n35, n17, n8 = check_depths(depths)
+    s35, s17, s8 = _scales(scales)
+
+    def body(b: Builder, x):
+        x = blocks.stem_v3(b, x)
+        x = b.add("Conv2d_4b_3x3", b.conv(x, 256, 3, "Conv2d_4b_3x3", strides=2, padding="valid"))
+        x = repeat(b, x, blocks.block35, "Repeat", n35, s35, b2=(32, 32, 32))
+        x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=192, m=256, n=384))
+        x = repeat(b, x, blocks.block17, "Repeat_1", n17, s17, b0=128, b1=(128, 128, 128))
+        x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
+        x = b.add(
+            "Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", b1=(256, 256), b2=(256, 256, 256))
+        )
+        x = repeat(b, x, blocks.block8, "Repeat_2", n8, s8, b1=(192, 192, 192))
+        return x, aux
+
+    return build(
+        V1, body, include_top=include_top, weights=weights, input_tensor=input_tensor,
+        input_shape=input_shape, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, name=name, aux_logits=aux_logits,
+        dropout_rate=dropout_rate, bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint,
+    )  # fmt: skip
+
+
+@registry.register(
+    V2,
+    registry.PretrainedConfig("imagenet", "inception_resnet_v2_2016_08_30.tar.gz", top1=80.4, top5=95.3),
+    registry.PretrainedConfig("adv_imagenet", "adv_inception_resnet_v2_2017_12_18.tar.gz"),
+    registry.PretrainedConfig("ens_adv_imagenet", "ens_adv_inception_resnet_v2_2017_08_18.tar.gz"),
+)
 def InceptionResNetV2(
     include_top: bool = True,
     weights=None,
@@ -91,7 +155,7 @@ def InceptionResNetV2(
     same weights load.
     """
     _check_backbone(output_stride, align_feature_maps, final_endpoint)
-    a, b_, c = check_depths(depths)
+    n35, n17, n8 = check_depths(depths)
     s35, s17, s8 = _scales(scales)
     atrous = output_stride == 8
     padding = "same" if align_feature_maps else "valid"
@@ -103,69 +167,20 @@ def InceptionResNetV2(
             b, x, "Mixed_5b", b0=96, b1=(48, 64), b2=(64, 96, 96), b3=64, k1=5,
             rename={"Branch_0/Conv2d_0a_1x1": "Branch_0/Conv2d_1x1"},
         ))  # fmt: skip
-        x = repeat(b, x, blocks.block35, "Repeat", a, s35)
+        x = repeat(b, x, blocks.block35, "Repeat", n35, s35)
         x = b.add("Mixed_6a", blocks.reduction_a(
             b, x, "Mixed_6a", k=256, l=256, m=384, n=384, strides=1 if atrous else 2, padding=padding
         ))  # fmt: skip
         with b.rate(2 if atrous else 1):
-            x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17)
+            x = repeat(b, x, blocks.block17, "Repeat_1", n17, s17)
         x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
         x = b.add("Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", padding=padding))
-        x = repeat(b, x, blocks.block8, "Repeat_2", c - 1, s8)
+        x = repeat(b, x, blocks.block8, "Repeat_2", n8 - 1, s8)
         x = blocks.block8(b, x, "Block8", 1.0, activation=None)
         return b.add("Conv2d_7b_1x1", b.conv(x, 1536, 1, "Conv2d_7b_1x1")), aux
 
     return build(
         V2, body, include_top=include_top, weights=weights, input_tensor=input_tensor,
-        input_shape=input_shape, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, name=name, aux_logits=aux_logits,
-        dropout_rate=dropout_rate, bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint,
-    )  # fmt: skip
-
-
-def InceptionResNetV1(
-    include_top: bool = True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation="softmax",
-    name: str = "inception_resnet_v1",
-    *,
-    aux_logits: bool = False,
-    dropout_rate: float = 0.2,
-    bn_momentum: float = SLIM_BN_MOMENTUM,
-    width: float = 1.0,
-    depths: tuple[int, int, int] = V1.depths,
-    scales: tuple[float, float, float] = SLIM_SCALES,
-    final_endpoint: str | None = None,
-) -> keras.Model:
-    """Inception-ResNet-v1 from the paper (Figs. 10-15); no slim code or checkpoint exists.
-
-    Stem of Fig. 14 (ending in a stride-2 ``Conv2d_4b_3x3`` to 256 channels),
-    5/10/5 residual blocks, Reduction-A (k, l, m, n) = (192, 192, 256, 384),
-    Reduction-B of Fig. 12; 1792 features. Layers follow slim's conventions and
-    IRv2's scope names. Arguments as :func:`InceptionResNetV2`.
-    """
-    a, b_, c = check_depths(depths)
-    s35, s17, s8 = _scales(scales)
-
-    def body(b: Builder, x):
-        x = blocks.stem_v3(b, x)
-        x = b.add("Conv2d_4b_3x3", b.conv(x, 256, 3, "Conv2d_4b_3x3", strides=2, padding="valid"))
-        x = repeat(b, x, blocks.block35, "Repeat", a, s35, b2=(32, 32, 32))
-        x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=192, m=256, n=384))
-        x = repeat(b, x, blocks.block17, "Repeat_1", b_, s17, b0=128, b1=(128, 128, 128))
-        x = aux = b.add("PreAuxLogits", layers.Identity(name="PreAuxLogits")(x))
-        x = b.add(
-            "Mixed_7a", blocks.reduction_b_residual(b, x, "Mixed_7a", b1=(256, 256), b2=(256, 256, 256))
-        )
-        x = repeat(b, x, blocks.block8, "Repeat_2", c, s8, b1=(192, 192, 192))
-        return x, aux
-
-    return build(
-        V1, body, include_top=include_top, weights=weights, input_tensor=input_tensor,
         input_shape=input_shape, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, name=name, aux_logits=aux_logits,
         dropout_rate=dropout_rate, bn_momentum=bn_momentum, width=width, final_endpoint=final_endpoint,

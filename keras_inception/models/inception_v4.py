@@ -9,9 +9,19 @@ from keras_inception.models.base import build, stage_names
 from keras_inception.nn import blocks
 from keras_inception.nn.layers import SLIM_BN_MOMENTUM, Builder
 
-FAMILY = registry.FAMILIES["inception_v4"]
+FAMILY = registry.Family(
+    "inception_v4",
+    "InceptionV4",
+    depths=(4, 7, 3),
+    aux_conv_scope="AuxLogits/Conv2d_2a",
+    aux_logits_scope="AuxLogits/Aux_logits",
+)
 
 
+@registry.register(
+    FAMILY,
+    registry.PretrainedConfig("imagenet", "inception_v4_2016_09_09.tar.gz", top1=80.2, top5=95.2),
+)
 def InceptionV4(
     include_top: bool = True,
     weights=None,
@@ -37,18 +47,18 @@ def InceptionV4(
     ``width`` (channel multiplier), ``depths`` (blocks per stage) and
     ``final_endpoint`` (stop at that end point; needs ``include_top=False``).
     """
-    a, b_, c = stage_names(depths)
+    grid35, grid17, grid8 = stage_names(depths)
 
     def body(b: Builder, x):
         x = blocks.stem_v4(b, x)
-        for scope in a:
+        for scope in grid35:
             x = b.add(scope, blocks.inception_a(b, x, scope))
         x = b.add("Mixed_6a", blocks.reduction_a(b, x, "Mixed_6a", k=192, l=224, m=256, n=384))
-        for scope in b_:
+        for scope in grid17:
             x = b.add(scope, blocks.inception_b(b, x, scope))
         aux = x
         x = b.add("Mixed_7a", blocks.reduction_b(b, x, "Mixed_7a"))
-        for scope in c:
+        for scope in grid8:
             x = b.add(scope, blocks.inception_c(b, x, scope))
         return x, aux
 

@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import keras
-import numpy as np
 
 from keras_inception.core.startup import import_tensorflow
 
@@ -355,7 +354,7 @@ def train_network(
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if strategy == "multi-worker":
-        unsupported = {"--val-data": validation is not None, "--xla": xla}
+        unsupported = {"validation=DATA": validation is not None, "xla=True": xla}
         if any(unsupported.values()):
             raise ValueError(
                 "the multi-worker loop does not support " + ", ".join(k for k, v in unsupported.items() if v)
@@ -364,7 +363,7 @@ def train_network(
         keras.config.set_dtype_policy(f"mixed_{mixed_precision}")
     steps = steps_per_epoch or (source.num_examples // batch_size if source.num_examples else None)
     if not steps:
-        raise ValueError("the dataset size is unknown (TFRecords): pass --steps-per-epoch")
+        raise ValueError("the dataset size is unknown (TFRecords): pass steps_per_epoch=N")
     builder = get(model_name)
     extra = {"width": width} | ({"depths": tuple(depths)} if depths else {})
     l2_biases = registry.family(model_name).l2_biases
@@ -538,66 +537,3 @@ def _checkpoint_manager(strategy, model, optimizer, checkpoint_dir):
     if latest:
         checkpoint.restore(latest)
     return manager
-
-
-class ResidualDeathMonitor(keras.callbacks.Callback):
-    """Detects the paper's "dying" residual networks (section 3.3).
-
-    Every ``every`` batches, the features entering the final average pool are
-    computed for ``probe`` images twice: with the probe batch's own BatchNorm
-    statistics, as a training step sees them (``batch_trace``), and with the moving
-    statistics of inference (``trace``); the moving statistics are left as they were.
-    The network has died when at least ``zero_fraction`` of the training-step features
-    are exactly zero, or when the loss is not finite or above ``max_loss``. Zeros seen
-    only with the moving statistics are lagging statistics, not dead units.
-    ``events`` records ``(step, reason, zero fraction, loss)``; ``stop`` ends training.
-    """
-
-    def __init__(self, probe, every: int = 25, zero_fraction: float = 0.99, max_loss: float = 1e3, stop=True):
-        super().__init__()
-        self.probe, self.every, self.threshold, self.max_loss, self.stop = (
-            probe,
-            every,
-            zero_fraction,
-            max_loss,
-            stop,
-        )
-        self.events: list[tuple[int, str, float, float]] = []
-        self.trace: list[tuple[int, float]] = []
-        self.batch_trace: list[tuple[int, float]] = []
-        self._features = None
-        self._step = 0
-
-    def on_train_begin(self, logs=None):
-        pool = self.model.get_layer("global_pool")
-        self._features = keras.Model(self.model.inputs, pool.input)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        loss = float((logs or {}).get("loss", 0.0))
-        dead_loss = not np.isfinite(loss) or loss > self.max_loss
-        if self._step % self.every and not dead_loss:
-            return
-        moving = np.asarray(self._features(self.probe, training=False))
-        self.trace.append((self._step, float(np.mean(moving == 0.0))))
-        state = [v.numpy() for v in self._features.non_trainable_variables]
-        features = np.asarray(self._features(self.probe, training=True))
-        for variable, value in zip(self._features.non_trainable_variables, state, strict=True):
-            variable.assign(value)
-        zeros = float(np.mean(features == 0.0))
-        self.batch_trace.append((self._step, zeros))
-        reason = (
-            "loss diverged"
-            if dead_loss
-            else "pre-pool features all zero"
-            if zeros >= self.threshold
-            else None
-        )
-        if reason:
-            self.events.append((self._step, reason, zeros, loss))
-            if self.stop:
-                self.model.stop_training = True
-
-    @property
-    def died_at(self) -> int | None:
-        return self.events[0][0] if self.events else None
