@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from keras_inception import export, models, pretrained, registry
+from keras_inception.precision import full_precision
 
 
 @dataclasses.dataclass
@@ -82,7 +83,8 @@ def convert(
     name = conversion.report.family
     size = registry.family(name).default_size
     probe = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype("float32")
-    outputs = model.predict(probe, verbose=0)
+    with full_precision():  # float32 at full precision on a GPU too (TF32 off)
+        outputs = model.predict(probe, verbose=0)
     finite = all(np.isfinite(o).all() for o in (outputs if isinstance(outputs, list) else [outputs]))
     result = ConversionResult(name, source, "", conversion, classes, aux_logits, finite)
     if finite and result.all_used:

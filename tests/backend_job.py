@@ -17,6 +17,7 @@ import numpy as np
 
 import keras_inception as ki
 from keras_inception import pretrained, training
+from keras_inception.precision import full_precision
 
 
 def relative(a, b: np.ndarray) -> float:
@@ -63,4 +64,5 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    with full_precision():  # float32 at full precision on a GPU too (TF32 off): a parity check
+        main(sys.argv[1])

@@ -20,6 +20,7 @@ import numpy as np
 
 import keras_inception as ki
 from keras_inception import training
+from keras_inception.precision import full_precision
 
 SIZE, BATCH, STEPS = 107, 16, 2  # from the third step on, float32 rounding grows into other curves
 # slim's recipe at a fifth of its learning rate: 0.045 makes this small random network's steps
@@ -71,4 +72,5 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    with full_precision():  # float32 at full precision on a GPU too (TF32 off): a parity check
+        main(sys.argv[1])
