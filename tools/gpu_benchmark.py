@@ -672,9 +672,12 @@ def render(records: list[dict]) -> str:
             how += f", jit_compile={r['jit_compile']}"
         share = ""
         key = "bfloat16" if c["precision"] == "bfloat16" else "tf32" if r.get("tf32") else "float32"
-        if c["model"] in gflop and key in peak:
+        full = run_info["width"] == 1.0 and not run_info["depths"]  # timm's networks are always full
+        if c["model"] in gflop and key in peak and (c["who"] == "ours" or full):
             achieved = r["images_per_s"] * gflop[c["model"]] * (3 if c["kind"] == "train" else 1) / 1e3
             share = f"{100 * achieved / peak[key]['tflops']:.1f}% of {key}"
+            if achieved > peak[key]["tflops"]:
+                share += " (above the measured peak: measure the peak with larger --peak-sizes)"
         backend = "PyTorch" if c["who"] == "timm" else f"Keras on {c['backend']}"
         lines.append(
             f"| {c['kind']} | {c['model']} | {c['who']} | {backend} | {how} | {r['precision_mode']} "
