@@ -32,14 +32,14 @@ def records(out_dir) -> list[dict]:
 def test_tiny_run_on_the_cpu_writes_records_and_table(tmp_path):
     timm = ["--timm", "eager"] if importlib.util.find_spec("timm") else ["--timm"]
     done = harness(
-        *TINY, "--backend", "torch", "--work", "inference", "--variants", "folded", *timm,
-        "--out-dir", str(tmp_path), tool=os.path.join(ROOT, "tools", "benchmark.py"),
+        *TINY, "--backend", "torch", "--torch-jit", "false", "--work", "inference", "--variants", "folded",
+        *timm, "--out-dir", str(tmp_path), tool=os.path.join(ROOT, "tools", "benchmark.py"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run, *results = records(tmp_path)
     assert run["kind"] == "run" and run["device"] == "cpu" and run["versions"]["torch"]
     names = [r["name"] for r in results]
-    expected = ["peak", "flops", "inference ours torch inception_v3 folded float32 batch 2"]
+    expected = ["peak", "flops", "inference ours torch inception_v3 folded float32 eager batch 2"]
     if timm[1:]:
         expected.append("inference timm torch inception_v3 eager float32 batch 2")
     assert names == expected
@@ -74,3 +74,28 @@ def test_budget_skips_the_remaining_cases_and_the_table_is_rewritten(tmp_path):
     again = harness("--table-from", str(tmp_path / "gpu_benchmark.jsonl"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "gpu_benchmark.md").read_text() == table == again.stdout
+
+
+def test_plan_puts_the_important_cases_first():
+    import runpy
+
+    tool = runpy.run_path(TOOL, run_name="gpu_benchmark")
+    args = tool["parse"](["--backend", "jax", "torch", "--models", "inception_v3", "--timm", "eager"])
+    names = [case.name for case in tool["plan"](args)]
+    assert names[:6] == [
+        "peak",
+        "flops",
+        "inference ours jax inception_v3 folded bfloat16 batch 256",
+        "inference timm torch inception_v3 eager bfloat16 batch 256",
+        "inference ours torch inception_v3 folded bfloat16 jit_compile batch 256",
+        "inference ours torch inception_v3 folded bfloat16 eager batch 256",
+    ]
+    assert names[6:9] == [
+        "train ours jax inception_v3 sgd bfloat16 batch 128",
+        "train timm torch inception_v3 eager bfloat16 batch 128",
+        "train ours torch inception_v3 sgd bfloat16 jit_compile batch 128",  # the first --torch-jit alone
+    ]
+    assert names.index("inference ours jax inception_v3 folded float32 batch 256") > names.index(
+        "train ours torch inception_v3 recipe bfloat16 jit_compile batch 128"
+    )  # every bfloat16 case before float32's
+    assert len(names) == len(set(names))

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 
 MODELS = ("inception_v3", "inception_v4", "inception_resnet_v2")
+FIRST_MODELS = ("inception_resnet_v2", "inception_v3", "inception_v4")  # IRv2 first: the 50% target
 BACKENDS = ("jax", "torch", "tensorflow")
 PRECISIONS = ("bfloat16", "float32", "float32-highest")
 INFERENCE = ("folded", "built")
@@ -64,6 +65,7 @@ class Case:
     variant: str = ""  # folded, built (ours' inference); sgd, recipe (ours' training); eager, compile (timm)
     precision: str = ""
     batch: int = 0
+    jit: bool | None = None  # Keras on PyTorch: jit_compile (torch.compile) or eager; None elsewhere
 
     @property
     def name(self) -> str:
@@ -74,6 +76,7 @@ class Case:
             self.model,
             self.variant,
             self.precision,
+            {True: "jit_compile", False: "eager", None: ""}[self.jit],
         ]
         return " ".join(p for p in parts if p) + (f" batch {self.batch}" if self.batch else "")
 
@@ -82,44 +85,46 @@ def plan(args) -> list[Case]:
     """Every case of the run, the most important first: bfloat16 before float32, inference
     before training, ours (first backend) and timm of one network together."""
     cases = [Case("peak"), Case("flops")]
+
+    def ours(kind: str, backend: str, model: str, variant: str, precision: str, every_jit: bool = False):
+        """The case, or on PyTorch one per --torch-jit value (the first alone unless ``every_jit``)."""
+        batch = args.batch if kind == "inference" else args.train_batch
+        if backend != "torch":
+            return [Case(kind, "ours", backend, model, variant, precision, batch)]
+        jits = args.torch_jit if every_jit else args.torch_jit[:1]
+        return [Case(kind, "ours", backend, model, variant, precision, batch, jit == "true") for jit in jits]
+
     first, others = args.backend[0], args.backend[1:]
     timm = [v for v in TIMM if v in args.timm]
     for precision in args.precisions:
         if "inference" in args.work:
             for model in args.models:
                 if "folded" in args.variants:
-                    cases.append(Case("inference", "ours", first, model, "folded", precision, args.batch))
+                    cases += ours("inference", first, model, "folded", precision, every_jit=True)
                 cases += [Case("inference", "timm", "torch", model, v, precision, args.batch) for v in timm]
             for backend in others:
                 if "folded" in args.variants:
-                    cases += [
-                        Case("inference", "ours", backend, m, "folded", precision, args.batch)
-                        for m in args.models
-                    ]
+                    for m in args.models:
+                        cases += ours("inference", backend, m, "folded", precision, every_jit=True)
         if "train" in args.work:
             for model in args.models:
                 if "sgd" in args.variants:
-                    cases.append(Case("train", "ours", first, model, "sgd", precision, args.train_batch))
+                    cases += ours("train", first, model, "sgd", precision)
                 if "eager" in timm:
                     cases.append(Case("train", "timm", "torch", model, "eager", precision, args.train_batch))
             for backend in others:
                 if "sgd" in args.variants:
-                    cases += [
-                        Case("train", "ours", backend, m, "sgd", precision, args.train_batch)
-                        for m in args.models
-                    ]
+                    for m in args.models:
+                        cases += ours("train", backend, m, "sgd", precision)
         if "inference" in args.work and "built" in args.variants:
             for backend in args.backend:
-                cases += [
-                    Case("inference", "ours", backend, m, "built", precision, args.batch) for m in args.models
-                ]
+                for m in args.models:
+                    cases += ours("inference", backend, m, "built", precision)
         if "train" in args.work:
             if "recipe" in args.variants:
                 for backend in args.backend:
-                    cases += [
-                        Case("train", "ours", backend, m, "recipe", precision, args.train_batch)
-                        for m in args.models
-                    ]
+                    for m in args.models:
+                        cases += ours("train", backend, m, "recipe", precision)
             if "compile" in timm:  # its compile takes minutes on a GPU (the issue saw over 4)
                 cases += [
                     Case("train", "timm", "torch", m, "compile", precision, args.train_batch)
@@ -352,7 +357,7 @@ def ours_worker(spec: dict, case: Case) -> dict:
     device, batch, size = spec["device"], case.batch, spec["image_size"]
     name = device_check(device, case.backend)
     keras.config.set_dtype_policy("mixed_bfloat16" if case.precision == "bfloat16" else "float32")
-    jit = spec["torch_jit"] if case.backend == "torch" else True
+    jit = bool(case.jit) if case.backend == "torch" else True
     with precision_scope(case.precision):
         mode, tf32 = precision_mode(case.precision, case.backend, device, "ours")
         recipe = case.variant == "recipe"
@@ -489,10 +494,14 @@ def cpu_name() -> str:
 
 
 def case_env(args, case: Case) -> dict:
+    """The case's environment: Keras's backend (ours: the case's; timm and the peak: PyTorch,
+    where it is installed, so that no JAX takes the GPU's memory beside it), the CPU alone on
+    --device cpu and for the FLOP count."""
     env = dict(os.environ)
-    installed = [b for b in ("jax", "torch") if versions()[b]]
-    backend = case.backend if case.who == "ours" else (installed[0] if installed else "jax")
-    env["KERAS_BACKEND"] = backend if case.kind in ("inference", "train") else args.backend[0]
+    torch_side = "torch" if versions()["torch"] else "jax"
+    env["KERAS_BACKEND"] = case.backend if case.who == "ours" and case.backend else torch_side
+    if case.kind == "flops":
+        env["KERAS_BACKEND"] = args.backend[0]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.device == "cpu" or case.kind == "flops":  # the FLOP count builds the networks on the CPU
         env["JAX_PLATFORMS"] = "cpu"
@@ -635,7 +644,8 @@ def render(records: list[dict]) -> str:
         + (f", depths {run_info['depths']}" if run_info["depths"] else "")
         + f"; {run_info['steps']} timed steps after {run_info['warmup']} warm-up; one process per case,"
         f" each under {run_info['case_timeout_s']:.0f} s, the run under {run_info['budget_s']:.0f} s;"
-        f" Keras on PyTorch with jit_compile={run_info['torch_jit']}",
+        f" Keras on PyTorch: jit_compile {' then '.join(run_info['torch_jit'])}"
+        " (inference form: each; other cases: the first)",
     ]
     if peak:
         parts = [
@@ -697,7 +707,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--backend", nargs="+", choices=BACKENDS, default=["jax"], help="Keras's backends, first first"
     )
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(FIRST_MODELS), help="in this order")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["bfloat16", "float32"])
     p.add_argument("--work", nargs="+", choices=("inference", "train"), default=["inference", "train"])
     p.add_argument("--variants", nargs="+", choices=INFERENCE + TRAINING, default=list(INFERENCE + TRAINING))
@@ -713,10 +723,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-calls", type=int, default=20)
     p.add_argument(
         "--torch-jit",
-        type=lambda s: s == "true",
-        default=False,
-        metavar="{true,false}",
-        help="Keras on PyTorch: compile with jit_compile (torch.compile)",
+        nargs="+",
+        choices=("true", "false"),
+        default=["true", "false"],
+        help="Keras on PyTorch's jit_compile (torch.compile): the inference form runs with each, "
+        "every other case with the first",
     )
     p.add_argument("--budget-s", type=float, default=420.0, help="the whole run's seconds")
     p.add_argument("--case-timeout-s", type=float, default=180.0)
