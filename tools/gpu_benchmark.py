@@ -51,7 +51,13 @@ TIMM = ("eager", "compile")
 VERSIONS = ("keras", "jax", "jaxlib", "torch", "timm", "tensorflow", "numpy", "keras-inception")
 JSONL, TABLE, LOG = "gpu_benchmark.jsonl", "gpu_benchmark.md", "gpu_benchmark.log"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
-MIN_CASE_S = 15.0  # a case is not started with less of the budget left
+MIN_CASE_S = 15.0
+ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "XLA_FLAGS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "CUDA_VISIBLE_DEVICES",
+)  # a case is not started with less of the budget left
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,6 +572,7 @@ def run(args) -> int:
         **gpu_info(),
         "versions": versions(),
         "python": platform.python_version(),
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
         "command": " ".join(["tools/gpu_benchmark.py", *sys.argv[1:]]),
         "budget_s": args.budget_s,
         "case_timeout_s": args.case_timeout_s,
@@ -637,6 +644,11 @@ def render(records: list[dict]) -> str:
         + (f", driver {run_info['driver']}, {run_info.get('gpu_memory')}" if run_info.get("driver") else "")
         + (f", CUDA {by_kind['peak']['cuda']} (PyTorch's)" if by_kind.get("peak", {}).get("cuda") else "")
         + f"; CPU: {run_info['cpu']}",
+        *(
+            ["- Environment: " + ", ".join(f"{k}={v}" for k, v in run_info["environment"].items())]
+            if run_info.get("environment")
+            else []
+        ),
         "- Versions: "
         + ", ".join(f"{k} {v[k]}" for k in VERSIONS if v.get(k))
         + f", Python {run_info['python']}",
