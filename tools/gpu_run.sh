@@ -31,8 +31,10 @@ fi
 export PYTHONPATH="$site"
 export PYTHONUNBUFFERED=1
 
-# keras_inception must come from the wheel, not the checkout: run from $out, print where from
-(cd "$out" && "$python" - <<'EOF' 2>&1 | tee "$out/gpu_env.txt"
+# keras_inception must come from the wheel, not the checkout: run elsewhere, print where from.
+# (Not from $OUT either: only what the run writes there comes back, at most 8 files.)
+work=$(mktemp -d)
+(cd "$work" && "$python" - <<'EOF' 2>&1 | tee "$out/gpu_env.txt"
 import importlib.metadata as m
 import os
 import subprocess
@@ -55,6 +57,6 @@ EOF
 
 read -r -a backends <<<"${GPU_RUN_BACKENDS:-jax torch}"
 read -r -a extra <<<"${GPU_RUN_ARGS:-}"
-cd "$out"
+cd "$work"
 exec "$python" "$root/tools/gpu_benchmark.py" --device "${GPU_RUN_DEVICE:-gpu}" --backend "${backends[@]}" \
     --budget-s "${GPU_RUN_BUDGET_S:-420}" --out-dir "$out" "${extra[@]}"
