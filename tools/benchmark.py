@@ -17,6 +17,8 @@ the CPU's theoretical one; a row's share is of its precision's limit (int8 and f
 have none). A row faster than the limit makes the run measure it again, then flag the row and
 exit 1. mixed_bfloat16 runs by default only where the CPU computes bfloat16 in hardware.
 Speed is never asserted in tests; tests/test_benchmark*.py run tiny configurations.
+With --backend or --device, tools/gpu_benchmark.py runs instead (Keras on JAX / PyTorch beside
+timm, on a GPU; docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ import time
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if __name__ == "__main__" and {a.split("=")[0] for a in sys.argv[1:]} & {"--backend", "--device"}:
+    # Keras's backends and GPUs: tools/gpu_benchmark.py, which needs no TensorFlow (docs/gpu.md)
+    gpu_benchmark = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_benchmark.py")
+    sys.exit(runpy.run_path(gpu_benchmark)["main"](sys.argv[1:]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_inception import models
 from keras_inception.core import registry
+from keras_inception.core.precision import full_precision
 from keras_inception.deploy import export
 from keras_inception.weights import sources
 from keras_inception.weights.loading import LoadReport
@@ -83,7 +84,8 @@ def convert(
     name = report.family
     size = registry.family(name).default_size
     probe = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype("float32")
-    outputs = model.predict(probe, verbose=0)
+    with full_precision():  # float32 at full precision on a GPU too (TF32 off)
+        outputs = model.predict(probe, verbose=0)
     finite = all(np.isfinite(o).all() for o in (outputs if isinstance(outputs, list) else [outputs]))
     result = ConversionResult(name, source, "", report, classes, aux_logits, finite)
     if finite and result.all_used:
