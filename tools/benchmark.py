@@ -40,7 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import cpu, export, inference, reporting, training  # noqa: E402
+from keras_inception import cpu, export, inference, pointwise, reporting, training  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 
 KERAS_APPLICATIONS = {
@@ -202,7 +202,10 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         if model is not fp32:
             model.set_weights(fp32.get_weights())
         folded = inference.fold_batchnorm(model)  # the inference form predict and export run
-        for form, net in (("", model), (" folded", folded)):
+        forms = [("", model), (" folded", folded)]
+        if args.fuse_pointwise:  # a candidate inference-form transform, timed beside the others
+            forms.append((" folded 1x1-fused", pointwise.fuse_pointwise(folded)))
+        for form, net in forms:
             agree = cosine(reference, net(probe, training=False))
             for xla in args.xla:
                 path = f"Keras {policy}{form}" + (" XLA" if xla else "")
@@ -851,6 +854,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep --output's rows of other models, and its peak unless --peak is given (a long run split)",
     )
+    p.add_argument(
+        "--fuse-pointwise",
+        action="store_true",
+        help="also time the inference form with sibling 1x1 convolutions fused (keras_inception.pointwise)",
+    )
     p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
     p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
     p.add_argument(
@@ -910,8 +918,7 @@ def main(argv: list[str] | None = None) -> int:
                 peak[p], peak["rows"][p] = again[p], again["rows"][p]
         over = over_peak(inference + profile, peak)
         peak["exceeded"] = [
-            f"{r['model']} {r.get('path') or r['part']} batch {r.get('batch', 16)}"
-            for r in over
+            f"{r['model']} {r.get('path') or r['part']} batch {r.get('batch', 16)}" for r in over
         ]
     write_report(args, peak, inference, training, scaling, profile, skipped)
     if peak.get("exceeded"):
