@@ -40,7 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_inception import cpu, export, inference, pointwise, reporting, training  # noqa: E402
+from keras_inception import cpu, export, frozen, inference, pointwise, reporting, training  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 
 KERAS_APPLICATIONS = {
@@ -129,6 +129,14 @@ def keras_call(model: keras.Model, size: int, xla: bool = False) -> Callable[[in
     return make
 
 
+def frozen_call(run: Callable, size: int) -> Callable[[int], Callable[[], object]]:
+    def make(batch: int) -> Callable[[], object]:
+        x = tf.random.uniform((batch, size, size, 3), -1, 1)
+        return lambda: run(x).numpy()
+
+    return make
+
+
 def numpy_call(run: Callable[[np.ndarray], object], size: int) -> Callable[[int], Callable[[], object]]:
     def make(batch: int) -> Callable[[], object]:
         x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
@@ -210,6 +218,11 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
             for xla in args.xla:
                 path = f"Keras {policy}{form}" + (" XLA" if xla else "")
                 cases.append(Case(path, policy_precision(policy), keras_call(net, size, xla), agree))
+        if args.frozen:  # the folded form with its weights as constants (keras_inception.frozen)
+            run = frozen.frozen_call(folded)
+            path = f"Keras {policy} folded frozen"
+            agree = cosine(reference, run(probe))
+            cases.append(Case(path, policy_precision(policy), frozen_call(run, size), agree))
     with tempfile.TemporaryDirectory() as tmp:
         if "keras.applications" in args.peers and name in KERAS_APPLICATIONS:
             for policy in args.precisions:
@@ -516,6 +529,7 @@ OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (fi
     "bfloat16": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16"),
     "int8": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16", "Keras float32"),
 }
+ALSO_OURS = ("Keras float32 folded frozen", "Keras float32 folded 1x1-fused")  # each its own pair
 
 
 def share(r: dict, peak: dict) -> str:
@@ -544,6 +558,9 @@ def peer_pairs(inference: list[dict]) -> list[tuple[dict, dict]]:
             found = (find(inference, r["model"], p, r["batch"]) for p in OURS_FOR.get(r["precision"], ()))
             if ours := next((o for o in found if o), None):
                 pairs.append((r, ours))
+            if r["precision"] == "float32":
+                also = (find(inference, r["model"], p, r["batch"]) for p in ALSO_OURS)
+                pairs += [(r, o) for o in also if o]
     return pairs
 
 
@@ -858,6 +875,11 @@ def parser() -> argparse.ArgumentParser:
         "--fuse-pointwise",
         action="store_true",
         help="also time the inference form with sibling 1x1 convolutions fused (keras_inception.pointwise)",
+    )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="also time the folded form with its weights as constants (keras_inception.frozen)",
     )
     p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
     p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
