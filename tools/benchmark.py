@@ -51,7 +51,11 @@ from keras_inception.core import (
     cpu,  # noqa: E402
     reporting,  # noqa: E402
 )
-from keras_inception.deploy import export  # noqa: E402
+from keras_inception.deploy import (  # noqa: E402
+    export,  # noqa: E402
+    frozen,
+    pointwise,
+)
 from keras_inception.deploy import folding as inference  # noqa: E402
 from keras_inception.models import MODELS, multiply_adds  # noqa: E402
 from keras_inception.train import training  # noqa: E402
@@ -142,6 +146,14 @@ def keras_call(model: keras.Model, size: int, xla: bool = False) -> Callable[[in
     return make
 
 
+def frozen_call(run: Callable, size: int) -> Callable[[int], Callable[[], object]]:
+    def make(batch: int) -> Callable[[], object]:
+        x = tf.random.uniform((batch, size, size, 3), -1, 1)
+        return lambda: run(x).numpy()
+
+    return make
+
+
 def numpy_call(run: Callable[[np.ndarray], object], size: int) -> Callable[[int], Callable[[], object]]:
     def make(batch: int) -> Callable[[], object]:
         x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
@@ -215,11 +227,19 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         if model is not fp32:
             model.set_weights(fp32.get_weights())
         folded = inference.fold_batchnorm(model)  # the inference form predict and export run
-        for form, net in (("", model), (" folded", folded)):
+        forms = [("", model), (" folded", folded)]
+        if args.fuse_pointwise:  # a candidate inference-form transform, timed beside the others
+            forms.append((" folded 1x1-fused", pointwise.fuse_pointwise(folded)))
+        for form, net in forms:
             agree = cosine(reference, net(probe, training=False))
             for xla in args.xla:
                 path = f"Keras {policy}{form}" + (" XLA" if xla else "")
                 cases.append(Case(path, policy_precision(policy), keras_call(net, size, xla), agree))
+        if args.frozen:  # the folded form with its weights as constants (keras_inception.deploy.frozen)
+            run = frozen.frozen_call(folded)
+            path = f"Keras {policy} folded frozen"
+            agree = cosine(reference, run(probe))
+            cases.append(Case(path, policy_precision(policy), frozen_call(run, size), agree))
     with tempfile.TemporaryDirectory() as tmp:
         if "keras.applications" in args.peers and name in KERAS_APPLICATIONS:
             for policy in args.precisions:
@@ -526,6 +546,7 @@ OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (fi
     "bfloat16": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16"),
     "int8": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16", "Keras float32"),
 }
+ALSO_OURS = ("Keras float32 folded frozen", "Keras float32 folded 1x1-fused")  # each its own pair
 
 
 def share(r: dict, peak: dict) -> str:
@@ -554,6 +575,9 @@ def peer_pairs(inference: list[dict]) -> list[tuple[dict, dict]]:
             found = (find(inference, r["model"], p, r["batch"]) for p in OURS_FOR.get(r["precision"], ()))
             if ours := next((o for o in found if o), None):
                 pairs.append((r, ours))
+            if r["precision"] == "float32":
+                also = (find(inference, r["model"], p, r["batch"]) for p in ALSO_OURS)
+                pairs += [(r, o) for o in also if o]
     return pairs
 
 
@@ -864,6 +888,16 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep --output's rows of other models, and its peak unless --peak is given (a long run split)",
     )
+    p.add_argument(
+        "--fuse-pointwise",
+        action="store_true",
+        help="also time the inference form with sibling 1x1 convolutions fused (deploy.pointwise)",
+    )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="also time the folded form with its weights as constants (keras_inception.deploy.frozen)",
+    )
     p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
     p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
     p.add_argument(
@@ -923,8 +957,7 @@ def main(argv: list[str] | None = None) -> int:
                 peak[p], peak["rows"][p] = again[p], again["rows"][p]
         over = over_peak(inference + profile, peak)
         peak["exceeded"] = [
-            f"{r['model']} {r.get('path') or r['part']} batch {r.get('batch', 16)}"
-            for r in over
+            f"{r['model']} {r.get('path') or r['part']} batch {r.get('batch', 16)}" for r in over
         ]
     write_report(args, peak, inference, training, scaling, profile, skipped)
     if peak.get("exceeded"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 NAMES = ("inception_v3", "inception_v4", "inception_resnet_v2")  # timm's names are ours
 PRECISIONS = ("float32", "bfloat16")
+WARM_UP = 2  # untimed calls per new batch size, before the benchmark's own warm-up call
 
 
 def unavailable() -> str | None:
@@ -55,11 +57,24 @@ def rss_gb(field: str = "VmHWM") -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6 if field == "VmHWM" else float("nan")
 
 
+def configure() -> int:
+    """PyTorch set up as TensorFlow runs beside it: one intra-op thread per CPU this process may
+    use, and denormals flushed to zero (TensorFlow's CPU kernels flush them too); the threads."""
+    import torch
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    return threads
+
+
 def create(name: str):
-    """``timm.create_model(name, pretrained=False)``, ImageNet's 1000 classes, channels_last."""
+    """``timm.create_model(name, pretrained=False)``, ImageNet's 1000 classes, channels_last
+    (after :func:`configure`)."""
     import timm
     import torch
 
+    configure()
     return timm.create_model(name, pretrained=False).to(memory_format=torch.channels_last)
 
 
@@ -82,6 +97,8 @@ def inference_call(name: str, size: int, precision: str) -> Callable[[int], Call
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, precision == "bfloat16"):
                 return model(x).float().numpy()
 
+        for _ in range(WARM_UP):  # oneDNN picks and caches its kernels for this shape
+            call()
         return call
 
     return make
@@ -131,6 +148,11 @@ def serve(name: str, precision: str, size: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # GNU OpenMP's threads spin at every barrier by default; on a CPU that other processes share,
+    # a spinning thread whose partner is descheduled waits out whole time slices (timm's
+    # Inception-v3 at batch 1: 0.35-0.59 images/s spinning, 3.1-3.9 passive, on a 2-core AMD
+    # EPYC under load). TensorFlow's thread pool yields; so must the peer. Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="why timm cannot run in this Python (JSON), or null")
