@@ -341,7 +341,7 @@ def test_crc32c_known_values():
 def test_reads_without_tensorflow(tmp_path, tiny):
     """The module alone, with ``import tensorflow`` made to fail, reads both formats."""
     np.savez(tmp_path / "want.npz", **{k.replace("/", "|"): v for k, v in TINY.items()})
-    module = os.path.join(os.path.dirname(checkpoint.__file__), "weights", "tf_checkpoint.py")
+    module = os.path.join(os.path.dirname(checkpoint.__file__), "tf_checkpoint.py")
     script = textwrap.dedent(f"""
         import importlib.util, sys
         import numpy as np
