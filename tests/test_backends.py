@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from slim_kit import pack, random_variables, serve, write_checkpoint
@@ -98,50 +97,88 @@ def test_weights_parity_and_fit_on_backend(backend, workdir, tmp_path):
 
 @pytest.fixture(scope="module")
 def training_reference(tmp_path_factory):
-    """Initial weights, two fixed batches of 16 and the TensorFlow backend's run on them."""
+    """Initial weights, five fixed batches of 16 and the TensorFlow backend's run on them."""
     import training_job
 
     root = tmp_path_factory.mktemp("training")
-    keras.utils.set_random_seed(1)
-    training_job.build().save_weights(root / "initial.weights.h5")
-    rng = np.random.default_rng(1)
-    size, count = training_job.SIZE, training_job.BATCH * training_job.STEPS
-    x = rng.uniform(-1, 1, (count, size, size, 3)).astype("float32")
-    np.savez(root / "batches.npz", x=x, y=np.eye(3, dtype="float32")[rng.integers(0, 3, count)])
-    losses, variables = training_job.train_steps(str(root))
-    return root, losses, variables
+    initial = training_job.prepare(str(root))
+    return root, initial, training_job.train_steps(str(root))
 
 
-# float32, two steps of slim's recipe from the same weights on the same batches (TensorFlow: TF1's
-# RMSProp kernel, fused BatchNorm, the stem rematerialised; elsewhere Keras ops). Measured on torch:
-# losses 4.1e-5 apart, weights 2.0e-3 at most (the stem's kernels, values up to 0.26)
-LOSS_TOLERANCE, WEIGHT_TOLERANCE = 1e-4, 5e-3
+# float32, five steps of slim's recipe (L2 on kernels and biases, label smoothing, the aux head,
+# parameter averages, a learning-rate decay at step 4) from the same weights on the same batches.
+# TensorFlow runs TF1's RMSProp kernel, fused BatchNorm and the stem rematerialised; the others
+# Keras ops. In float64 (tools/backend_agreement.py) the backends agree to rounding; in float32
+# each backend's first step is already ~3e-5 from float64's and the gap grows several-fold a
+# step, so five steps leave the weights ~10% of their movement apart (training_job.py's note).
+# The tolerances are about 3x what was measured: a wrong loss term (aux weight, smoothing, L2)
+# moves the losses by percents; statistics or averages left unmoved, or moved a step late, give
+# a gap of order 1 (JAX's moving statistics, frozen by the averages until this round, gave 1.0)
+TOLERANCE = {"losses": 5e-3, "weights": 0.3, "statistics": 2e-3, "averages": 0.25}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_follows_the_tensorflow_backend(backend, training_reference):
-    root, losses, variables = training_reference
+    import training_job
+
+    root, initial, reference = training_reference
     job = os.path.join(ROOT, "tests", "training_job.py")
-    env = backend_env(backend)
-    done = subprocess.run([sys.executable, job, str(root)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, job, str(root)], env=backend_env(backend), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["warnings"] == [training.TENSORFLOW_ONLY.format(backend)]  # once, for two compiles
     assert "TF1's RMSProp kernel" in results["warnings"][0] and "rematerialisation" in results["warnings"][0]
     with np.load(root / f"{backend}.npz") as f:
         other = {k: f[k] for k in f.files}
-    other_losses = other.pop("losses")
-    loss_gap = float(np.max(np.abs(other_losses - losses) / np.abs(losses)))
-    assert other.keys() == variables.keys()
-    differences = {k: float(np.max(np.abs(variables[k] - other[k]))) for k in variables}
-    worst = max(differences, key=differences.get)
-    print(
-        f"{backend}: losses {other_losses.tolist()} vs TensorFlow's {losses} (largest relative gap "
-        f"{loss_gap:.1e}); weights, statistics and averages at most {differences[worst]:.1e} apart ({worst})"
+    losses = other.pop("losses")
+    figures = training_job.agreement(reference, (losses, other), initial)
+    print(f"{backend}: losses {losses.tolist()} vs TensorFlow's {reference[0]}; {figures}")
+    assert np.all(np.isfinite(losses))  # (nothing moved: a figure is inf or NaN, and fails)
+    for kind, tolerance in TOLERANCE.items():
+        assert figures[kind] < tolerance, (kind, figures[kind])
+
+
+# SlimRMSprop on JAX with `tensorflow` made unimportable (as tests/test_layout.py blocks it): one
+# step of TF1's formula in Keras ops, and the average's first move (decay min(0.9999, 2/11))
+OPTIMIZER_WITHOUT_TENSORFLOW = """
+import importlib.abc, sys
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+import keras, numpy as np
+from keras_inception.optimizers import SlimRMSprop
+
+variable = keras.Variable(np.ones(2, "float32"))
+optimizer = SlimRMSprop(learning_rate=0.1, ema_decay=0.9999)
+optimizer.build([variable])
+optimizer.track_averages([variable])
+optimizer.apply([np.array([0.5, -1.0], "float32")], [variable])
+g = np.array([0.5, -1.0])
+w = 1.0 - 0.1 * g / np.sqrt(0.9 + 0.1 * g**2 + 1.0)
+np.testing.assert_allclose(np.asarray(variable), w, rtol=1e-6)
+np.testing.assert_allclose(np.asarray(optimizer.averages[0]), 1.0 - (1 - 2 / 11) * (1.0 - w), rtol=1e-6)
+assert all(v is not variable for v in optimizer.variables)  # the model's variable is not its own
+print(keras.backend.backend(), sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
+"""
+
+
+@needs("jax")
+def test_slim_rmsprop_runs_without_tensorflow():
+    done = subprocess.run(
+        [sys.executable, "-c", OPTIMIZER_WITHOUT_TENSORFLOW],
+        env=backend_env("jax"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
-    assert losses[-1] < losses[0]  # it trains
-    assert loss_gap < LOSS_TOLERANCE
-    assert differences[worst] < WEIGHT_TOLERANCE, (worst, differences[worst])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "jax []"
 
 
 @pytest.mark.slow  # JAX compiles the network's step twice (one device, two): minutes on 2 cores
