@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from slim_kit import pack, random_variables, serve, write_checkpoint
@@ -140,6 +141,68 @@ def test_training_follows_the_tensorflow_backend(backend, training_reference):
         assert figures[kind] < tolerance, (kind, figures[kind])
 
 
+# On the other backend: a .keras model written by the TensorFlow backend, its class names, its
+# evaluation (tf.data crops, BatchNorm folded), and its class names through runs.save_model (the
+# writer of best.keras) and back
+EVALUATE_JOB = """
+import dataclasses, json, sys
+import numpy as np, keras, tensorflow as tf
+from keras_inception import evaluation, runs
+from keras_inception.layers import output_layers
+
+root = sys.argv[1]
+model = keras.saving.load_model(root + "/model.keras")
+names = output_layers(model)[0].class_names
+with np.load(root + "/data.npz") as f:
+    data = tf.data.Dataset.from_tensor_slices((f["images"], f["labels"]))
+result = evaluation.evaluate([model], data, names, size=32, batch_size=4)
+runs.save_model(model, root + "/again.keras")
+again = output_layers(keras.saving.load_model(root + "/again.keras"))[0].class_names
+results = {"backend": keras.backend.backend(), "names": names, "again": again}
+print(json.dumps({**results, "result": dataclasses.asdict(result)}))
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_and_class_names_on_backend(backend, tmp_path):
+    from test_runs import tiny
+
+    from keras_inception import evaluation
+    from keras_inception.layers import output_layers
+
+    keras.utils.set_random_seed(4)
+    model = tiny(classes=6)
+    output_layers(model)[0].class_names = ["ant", "bee", "cat", "dog", "eel", "fox"]
+    for layer in model.layers:  # statistics away from 0 and 1, so folding them counts
+        if hasattr(layer, "moving_variance"):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, "float32"))
+    model.save(tmp_path / "model.keras")
+    rng = np.random.default_rng(4)
+    images, labels = rng.integers(0, 256, (12, 40, 40, 3), dtype=np.uint8), rng.integers(0, 6, 12)
+    np.savez(tmp_path / "data.npz", images=images, labels=labels)
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((images, labels))
+    names = output_layers(model)[0].class_names
+    expected = evaluation.evaluate([model], data, names, size=32, batch_size=4)
+    done = subprocess.run(
+        [sys.executable, "-c", EVALUATE_JOB, str(tmp_path)],
+        env=backend_env(backend),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["backend"] == backend
+    assert results["names"] == results["again"] == names
+    result = results["result"]
+    assert result["images"] == 12 and 0 < result["top1_error"] < 100
+    assert (result["top1_error"], result["top5_error"]) == (expected.top1_error, expected.top5_error)
+    assert [tuple(c) for c in result["confused"]] == expected.confused
+
+
 # SlimRMSprop on JAX with `tensorflow` made unimportable (as tests/test_layout.py blocks it): one
 # step of TF1's formula in Keras ops, and the average's first move (decay min(0.9999, 2/11))
 OPTIMIZER_WITHOUT_TENSORFLOW = """
@@ -199,8 +262,7 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
     assert results["largest_difference"] < 2e-3, results
 
 
-@pytest.mark.slow  # 27 s on torch; the loss-curve parity above keeps torch in the default run
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run (27 s on 2 cores), JAX slow
 def test_train_killed_and_resumed_on_backend(backend):
     """tests/test_runs.py's kill-and-resume check (slim's recipe with averages, tf.data input) on
     this backend: the resumed run ends with the uninterrupted run's weights and best.keras."""
