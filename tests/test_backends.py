@@ -102,51 +102,151 @@ def test_weights_parity_and_fit_on_backend(backend, workdir, tmp_path):
 
 @pytest.fixture(scope="module")
 def training_reference(tmp_path_factory):
-    """Initial weights, two fixed batches of 16 and the TensorFlow backend's run on them."""
+    """Initial weights, five fixed batches of 16 and the TensorFlow backend's run on them."""
     import training_job
 
     root = tmp_path_factory.mktemp("training")
-    keras.utils.set_random_seed(1)
-    training_job.build().save_weights(root / "initial.weights.h5")
-    rng = np.random.default_rng(1)
-    size, count = training_job.SIZE, training_job.BATCH * training_job.STEPS
-    x = rng.uniform(-1, 1, (count, size, size, 3)).astype("float32")
-    np.savez(root / "batches.npz", x=x, y=np.eye(3, dtype="float32")[rng.integers(0, 3, count)])
+    initial = training_job.prepare(str(root))
     with full_precision():
-        losses, variables = training_job.train_steps(str(root))
-    return root, losses, variables
+        return root, initial, training_job.train_steps(str(root))
 
 
-# float32, two steps of slim's recipe from the same weights on the same batches (TensorFlow: TF1's
-# RMSProp kernel, fused BatchNorm, the stem rematerialised; elsewhere Keras ops). Measured on torch:
-# losses 4.1e-5 apart, weights 2.0e-3 at most (the stem's kernels, values up to 0.26)
-LOSS_TOLERANCE, WEIGHT_TOLERANCE = 1e-4, 5e-3
+# float32, five steps of slim's recipe (L2 on kernels and biases, label smoothing, the aux head,
+# parameter averages, a learning-rate decay at step 4) from the same weights on the same batches.
+# TensorFlow runs TF1's RMSProp kernel, fused BatchNorm and the stem rematerialised; the others
+# Keras ops. In float64 (tools/backend_agreement.py) the backends agree to rounding; in float32
+# each backend's first step is already ~3e-5 from float64's and the gap grows several-fold a
+# step, so five steps leave the weights ~10% of their movement apart (training_job.py's note).
+# The tolerances are about 3x what was measured: a wrong loss term (aux weight, smoothing, L2)
+# moves the losses by percents; statistics or averages left unmoved, or moved a step late, give
+# a gap of order 1 (JAX's moving statistics, frozen by the averages until this round, gave 1.0)
+TOLERANCE = {"losses": 5e-3, "weights": 0.3, "statistics": 2e-3, "averages": 0.25}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_follows_the_tensorflow_backend(backend, training_reference):
-    root, losses, variables = training_reference
+    import training_job
+
+    root, initial, reference = training_reference
     job = os.path.join(ROOT, "tests", "training_job.py")
-    env = backend_env(backend)
-    done = subprocess.run([sys.executable, job, str(root)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, job, str(root)], env=backend_env(backend), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["warnings"] == [training.TENSORFLOW_ONLY.format(backend)]  # once, for two compiles
     assert "TF1's RMSProp kernel" in results["warnings"][0] and "rematerialisation" in results["warnings"][0]
     with np.load(root / f"{backend}.npz") as f:
         other = {k: f[k] for k in f.files}
-    other_losses = other.pop("losses")
-    loss_gap = float(np.max(np.abs(other_losses - losses) / np.abs(losses)))
-    assert other.keys() == variables.keys()
-    differences = {k: float(np.max(np.abs(variables[k] - other[k]))) for k in variables}
-    worst = max(differences, key=differences.get)
-    print(
-        f"{backend}: losses {other_losses.tolist()} vs TensorFlow's {losses} (largest relative gap "
-        f"{loss_gap:.1e}); weights, statistics and averages at most {differences[worst]:.1e} apart ({worst})"
+    losses = other.pop("losses")
+    figures = training_job.agreement(reference, (losses, other), initial)
+    print(f"{backend}: losses {losses.tolist()} vs TensorFlow's {reference[0]}; {figures}")
+    assert np.all(np.isfinite(losses))  # (nothing moved: a figure is inf or NaN, and fails)
+    for kind, tolerance in TOLERANCE.items():
+        assert figures[kind] < tolerance, (kind, figures[kind])
+
+
+# On the other backend: a .keras model written by the TensorFlow backend, its class names, its
+# evaluation (tf.data crops, BatchNorm folded), and its class names through runs.save_model (the
+# writer of best.keras) and back
+EVALUATE_JOB = """
+import dataclasses, json, sys
+import numpy as np, keras, tensorflow as tf
+from keras_inception.train import evaluation, runs
+from keras_inception.nn.layers import output_layers
+
+root = sys.argv[1]
+model = keras.saving.load_model(root + "/model.keras")
+names = output_layers(model)[0].class_names
+with np.load(root + "/data.npz") as f:
+    data = tf.data.Dataset.from_tensor_slices((f["images"], f["labels"]))
+result = evaluation.evaluate([model], data, names, size=32, batch_size=4)
+runs.save_model(model, root + "/again.keras")
+again = output_layers(keras.saving.load_model(root + "/again.keras"))[0].class_names
+results = {"backend": keras.backend.backend(), "names": names, "again": again}
+print(json.dumps({**results, "result": dataclasses.asdict(result)}))
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_and_class_names_on_backend(backend, tmp_path):
+    from keras_inception.nn.layers import output_layers
+    from test_runs import tiny
+
+    from keras_inception.train import evaluation
+
+    keras.utils.set_random_seed(4)
+    model = tiny(classes=6)
+    output_layers(model)[0].class_names = ["ant", "bee", "cat", "dog", "eel", "fox"]
+    for layer in model.layers:  # statistics away from 0 and 1, so folding them counts
+        if hasattr(layer, "moving_variance"):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, "float32"))
+    model.save(tmp_path / "model.keras")
+    rng = np.random.default_rng(4)
+    images, labels = rng.integers(0, 256, (12, 40, 40, 3), dtype=np.uint8), rng.integers(0, 6, 12)
+    np.savez(tmp_path / "data.npz", images=images, labels=labels)
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((images, labels))
+    names = output_layers(model)[0].class_names
+    expected = evaluation.evaluate([model], data, names, size=32, batch_size=4)
+    done = subprocess.run(
+        [sys.executable, "-c", EVALUATE_JOB, str(tmp_path)],
+        env=backend_env(backend),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
-    assert losses[-1] < losses[0]  # it trains
-    assert loss_gap < LOSS_TOLERANCE
-    assert differences[worst] < WEIGHT_TOLERANCE, (worst, differences[worst])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["backend"] == backend
+    assert results["names"] == results["again"] == names
+    result = results["result"]
+    assert result["images"] == 12 and 0 < result["top1_error"] < 100
+    assert (result["top1_error"], result["top5_error"]) == (expected.top1_error, expected.top5_error)
+    assert [tuple(c) for c in result["confused"]] == expected.confused
+
+
+# SlimRMSprop on JAX with `tensorflow` made unimportable (as tests/test_layout.py blocks it): one
+# step of TF1's formula in Keras ops, and the average's first move (decay min(0.9999, 2/11))
+OPTIMIZER_WITHOUT_TENSORFLOW = """
+import importlib.abc, sys
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+import keras, numpy as np
+from keras_inception.train.optimizers import SlimRMSprop
+
+variable = keras.Variable(np.ones(2, "float32"))
+optimizer = SlimRMSprop(learning_rate=0.1, ema_decay=0.9999)
+optimizer.build([variable])
+optimizer.track_averages([variable])
+optimizer.apply([np.array([0.5, -1.0], "float32")], [variable])
+g = np.array([0.5, -1.0])
+w = 1.0 - 0.1 * g / np.sqrt(0.9 + 0.1 * g**2 + 1.0)
+np.testing.assert_allclose(np.asarray(variable), w, rtol=1e-6)
+np.testing.assert_allclose(np.asarray(optimizer.averages[0]), 1.0 - (1 - 2 / 11) * (1.0 - w), rtol=1e-6)
+assert all(v is not variable for v in optimizer.variables)  # the model's variable is not its own
+print(keras.backend.backend(), sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
+"""
+
+
+@needs("jax")
+def test_slim_rmsprop_runs_without_tensorflow():
+    done = subprocess.run(
+        [sys.executable, "-c", OPTIMIZER_WITHOUT_TENSORFLOW],
+        env=backend_env("jax"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "jax []"
 
 
 @pytest.mark.slow  # JAX compiles the network's step twice (one device, two): minutes on 2 cores
@@ -167,8 +267,7 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
     assert results["largest_difference"] < 2e-3, results
 
 
-@pytest.mark.slow  # 27 s on torch; the loss-curve parity above keeps torch in the default run
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run (27 s on 2 cores), JAX slow
 def test_train_killed_and_resumed_on_backend(backend):
     """tests/test_runs.py's kill-and-resume check (slim's recipe with averages, tf.data input) on
     this backend: the resumed run ends with the uninterrupted run's weights and best.keras."""

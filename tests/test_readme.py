@@ -30,7 +30,7 @@ README = os.path.join(ROOT, "README.md")
 README_LINES = 220  # a README, not the manual: the rest goes into docs/ guides
 # Guides the README links that other branches of issue 25 write; the lead empties this at the merge
 # (the test below fails once one of them exists, so the list cannot go stale).
-PENDING = {"docs/backends-training.md"}
+PENDING: set[str] = set()
 NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\n$")  # before a block: why it is not run (a reason is due)
 GENERATED_BY = re.compile(r"\bby `(python )?tools/\w+\.py", re.I)  # the opening lines of a tool's output
 

@@ -22,10 +22,12 @@ import keras_inception as ki
 from keras_inception.core.precision import full_precision
 from keras_inception.train import training
 
-SIZE, BATCH, STEPS = 107, 16, 2  # from the third step on, float32 rounding grows into other curves
-# slim's recipe at a fifth of its learning rate: 0.045 makes this small random network's steps
-# chaotic (float32 rounding in the gradients would grow into different curves)
-RECIPE = training.Recipe.slim(learning_rate=0.01)
+SIZE, BATCH, STEPS = 107, 16, 5
+# slim's recipe at a 45th of its learning rate. In float32 each backend's first step is already
+# some 3e-5 (absolute) from a float64 run's, TensorFlow's and PyTorch's alike: BatchNorm after
+# BatchNorm leaves many gradients (the betas') as small differences of large sums, and each step
+# multiplies an earlier difference several times. A small rate keeps five steps' curves together.
+RECIPE = training.Recipe.slim(learning_rate=0.001)
 
 
 def build() -> keras.Model:
@@ -58,6 +60,44 @@ def train_steps(workdir: str) -> tuple[list[float], dict[str, np.ndarray]]:
         f"average/{w.path}": a for w, a in zip(optimizer.averaged_variables, optimizer.averages, strict=True)
     }
     return losses, {k: keras.ops.convert_to_numpy(v) for k, v in variables.items()}
+
+
+def prepare(workdir: str) -> dict[str, np.ndarray]:
+    """Write ``initial.weights.h5`` and ``batches.npz`` into ``workdir``; returns the initial values."""
+    keras.utils.set_random_seed(1)
+    model = build()
+    model.save_weights(os.path.join(workdir, "initial.weights.h5"))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (BATCH * STEPS, SIZE, SIZE, 3)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, BATCH * STEPS)]
+    np.savez(os.path.join(workdir, "batches.npz"), x=x, y=y)
+    return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+
+
+def agreement(reference: tuple, other: tuple, initial: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far ``other``'s run (losses, variables) is from ``reference``'s.
+
+    ``losses``: the largest relative gap of the per-step losses; per kind of variable
+    (``weights`` trained, BatchNorm's moving ``statistics``, parameter ``averages``): the L2
+    distance between the two runs' final values over the L2 distance the reference's moved
+    from ``initial`` (a kind left where it started on one backend gives 1).
+    """
+    (losses, variables), (other_losses, other_variables) = reference, other
+    assert variables.keys() == other_variables.keys()
+    figures = {"losses": float(np.max(np.abs(np.subtract(other_losses, losses)) / np.abs(losses)))}
+    for kind in ("weights", "statistics", "averages"):
+        keys = [k for k in variables if _kind(k) == kind]
+        start = [initial[k.removeprefix("average/")] for k in keys]
+        moved = np.sqrt(sum(np.sum((variables[k] - s) ** 2) for k, s in zip(keys, start, strict=True)))
+        apart = np.sqrt(sum(np.sum((variables[k] - other_variables[k]) ** 2) for k in keys))
+        figures[kind] = float(apart / moved)
+    return figures
+
+
+def _kind(path: str) -> str:
+    if path.startswith("average/"):
+        return "averages"
+    return "statistics" if "moving_" in path else "weights"
 
 
 def main(workdir: str) -> None:

@@ -335,8 +335,9 @@ class ScaleSum(layers.Layer):
     """``shortcut + scale * residual``: the scaled residual sum of Inception-ResNet.
 
     A registered layer (no ``Lambda``), so a saved ``.keras`` model reloads without
-    ``custom_objects``. The constant is cast to the compute dtype, so the layer is
-    exact under ``mixed_float16`` / ``mixed_bfloat16`` policies.
+    ``custom_objects``. The constant is made a tensor of the residual's dtype directly (no
+    float32 on the way: the same float64 sum on every backend), so the layer is exact under
+    ``mixed_float16`` / ``mixed_bfloat16`` policies.
     """
 
     def __init__(self, scale: float, **kwargs):
@@ -349,7 +350,7 @@ class ScaleSum(layers.Layer):
         shortcut, residual = inputs
         if self.scale == 1.0:  # as the inference form has it (the scale folded into the projection)
             return shortcut + residual
-        return shortcut + ops.cast(self.scale, residual.dtype) * residual
+        return shortcut + ops.convert_to_tensor(self.scale, residual.dtype) * residual
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

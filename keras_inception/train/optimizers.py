@@ -8,11 +8,9 @@ behind an optional linear warm-up.
 
 from __future__ import annotations
 
+import types
+
 import keras
-
-from keras_inception.core.startup import import_tensorflow
-
-tf = import_tensorflow(__name__, "TF1's RMSProp kernel")
 
 
 @keras.saving.register_keras_serializable(package="keras_inception")
@@ -28,11 +26,14 @@ class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
         )
 
     def __call__(self, step):
+        """The rate at ``step``, in float32 on every backend (as TensorFlow's Keras computes it)."""
         step = keras.ops.cast(step, "float32")
-        decayed = self.initial * keras.ops.power(self.rate, keras.ops.floor(step / self.decay_steps))
+        initial = keras.ops.convert_to_tensor(self.initial, "float32")
+        rate = keras.ops.convert_to_tensor(self.rate, "float32")
+        decayed = initial * keras.ops.power(rate, keras.ops.floor(step / self.decay_steps))
         if not self.warmup_steps:
             return decayed
-        warm = self.initial * (step + 1.0) / self.warmup_steps
+        warm = initial * (step + 1.0) / self.warmup_steps
         return keras.ops.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self) -> dict:
@@ -56,9 +57,13 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     step, every variable given to :meth:`track_averages` moves its average by
     ``avg -= (1 - d) * (avg - w)`` with ``d = min(ema_decay, (1 + t) / (10 + t))``,
     ``t`` the steps taken so far (TF1's ``ExponentialMovingAverage(num_updates=)``).
-    The averages are optimizer variables: checkpoints and resumes keep them. On
+    The averages are optimizer variables: checkpoints and resumes keep them (the
+    averaged model variables are not: :attr:`averaged_variables`). On JAX the
+    optimizer sees only the variables it trains: the averages of the others (BatchNorm's
+    moving statistics) move in the model's step (``training.compile_model``). On
     TensorFlow, dense float16/32/64 steps run TF1's own kernel (:meth:`_apply_kernel`);
-    the rest run the same formula in Keras ops (:meth:`_apply_ops`).
+    the rest run the same formula in Keras ops (:meth:`_apply_ops`). TensorFlow is
+    imported only on its backend.
     """
 
     def __init__(
@@ -73,8 +78,15 @@ class SlimRMSprop(keras.optimizers.Optimizer):
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.rho, self.momentum, self.epsilon, self.ema_decay = rho, momentum, epsilon, ema_decay
-        self.averaged_variables: list = []
+        # not a list attribute: Keras would make the model's variables the optimizer's own, and a
+        # JAX step would then put back their values from before it (the moving statistics never moved)
+        self._averaged = types.SimpleNamespace(variables=[])
         self.averages: list = []
+
+    @property
+    def averaged_variables(self) -> list:
+        """The model variables whose averages :attr:`averages` holds, in the same order."""
+        return self._averaged.variables
 
     def build(self, var_list):
         if self.built:
@@ -100,7 +112,7 @@ class SlimRMSprop(keras.optimizers.Optimizer):
         ms, mom = self._mean_squares[index], self._moments[index]
         if (
             keras.backend.backend() == "tensorflow"
-            and not isinstance(gradient, tf.IndexedSlices)
+            and not _is_sparse(gradient)
             and keras.backend.standardize_dtype(variable.dtype) in KERNEL_DTYPES
         ):
             self._apply_kernel(gradient, variable, ms, mom, learning_rate)
@@ -122,6 +134,7 @@ class SlimRMSprop(keras.optimizers.Optimizer):
         variable (docs/training.md; docs/profile-training.md has the step's time per op). Under
         ``tf.distribute`` the handles are the replica's own copies: Keras calls this inside
         ``strategy.extended.update``."""
+        import tensorflow as tf
 
         def cast(value):
             return tf.cast(value, variable.dtype)
@@ -142,16 +155,24 @@ class SlimRMSprop(keras.optimizers.Optimizer):
         if self.averages:
             self._update_averages()
 
+    def moved(self, average, value, iterations):
+        """``average`` moved towards ``value`` after ``iterations`` steps (slim's warm-up decay)."""
+        t = keras.ops.cast(iterations, "float32")
+        rate = 1.0 - keras.ops.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+        return average - keras.ops.cast(rate, average.dtype) * (average - value)
+
     def _update_averages(self) -> None:
-        t = keras.ops.cast(self.iterations, "float32")
-        decay = keras.ops.minimum(self.ema_decay, (1.0 + t) / (10.0 + t))
+        steps = keras.ops.cast(self.iterations, "float32")  # read here: in a replica context
 
         def move(average, variable):
-            rate = keras.ops.cast(1.0 - decay, average.dtype)
-            average.assign(average - rate * (average - variable))
+            average.assign(self.moved(average, variable, steps))
 
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            pairs = list(zip(self.averages, self.averaged_variables, strict=True))
+        pairs = list(zip(self.averages, self.averaged_variables, strict=True))
+        if keras.backend.backend() == "jax":  # the variables it trains: the others are not in its scope
+            trained = {id(v) for v in self._trainable_variables}
+            pairs = [(a, v) for a, v in pairs if id(v) in trained]
+        tf = _tensorflow_if_distributed()
+        if tf is not None:
 
             def merged(strategy):  # under strategy.run: update every replica's copy once
                 for average, variable in pairs:  # the tf.Variables behind the Keras ones
@@ -159,7 +180,7 @@ class SlimRMSprop(keras.optimizers.Optimizer):
 
             tf.distribute.get_replica_context().merge_call(merged)
         else:
-            for average, variable in zip(self.averages, self.averaged_variables, strict=True):
+            for average, variable in pairs:
                 move(average, variable)
 
     def get_config(self) -> dict:
@@ -170,3 +191,21 @@ class SlimRMSprop(keras.optimizers.Optimizer):
             "epsilon": self.epsilon,
             "ema_decay": self.ema_decay,
         }
+
+
+def _is_sparse(gradient) -> bool:
+    """A ``tf.IndexedSlices`` gradient (TensorFlow's sparse rows; asked on its backend only)."""
+    import tensorflow as tf
+
+    return isinstance(gradient, tf.IndexedSlices)
+
+
+def _tensorflow_if_distributed():
+    """``tensorflow`` inside a ``tf.distribute`` replica context, else ``None``."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        return tf
+    return None

@@ -218,7 +218,40 @@ def compile_model(
         metrics=metrics(len(model.outputs), model.outputs[0].shape[-1]) if top_k_metrics else None,
         jit_compile=jit_compile,
     )
+    if keras.backend.backend() == "jax":
+        _average_untrained_in_jax_steps(model)
     return rematerialize(model, remat)
+
+
+def _average_untrained_in_jax_steps(model: keras.Model) -> None:
+    """On JAX, move the averages of the variables the optimizer does not train (BatchNorm's
+    moving statistics, frozen layers) in the model's step, after its forward pass.
+
+    JAX's trainer gives the optimizer only the trained variables' values; the moving
+    statistics of this step exist only in the state the step returns, so their averages move
+    there, as on the other backends: after the step, by :meth:`SlimRMSprop.moved`.
+    """
+    optimizer = model.optimizer
+    if not getattr(optimizer, "averages", None):
+        return
+    slots = {id(v): i for i, v in enumerate(optimizer.variables)}
+    untrained = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    pairs = [
+        (slots[id(average)], untrained[id(variable)])
+        for variable, average in zip(optimizer.averaged_variables, optimizer.averages, strict=True)
+        if id(variable) in untrained
+    ]
+    steps = slots[id(optimizer.iterations)]
+    step = type(model).train_step.__get__(model)
+
+    def train_step(state, data):
+        logs, (trained, statistics, slots_now, metrics_now) = step(state, data)
+        slots_now = list(slots_now)
+        for slot, index in pairs:
+            slots_now[slot] = optimizer.moved(slots_now[slot], statistics[index], slots_now[steps])
+        return logs, (trained, statistics, slots_now, metrics_now)
+
+    model.train_step = train_step
 
 
 TENSORFLOW_ONLY = (
