@@ -170,9 +170,9 @@ print(json.dumps({**results, "result": dataclasses.asdict(result)}))
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluate_and_class_names_on_backend(backend, tmp_path):
-    from keras_inception.nn.layers import output_layers
     from test_runs import tiny
 
+    from keras_inception.nn.layers import output_layers
     from keras_inception.train import evaluation
 
     keras.utils.set_random_seed(4)
