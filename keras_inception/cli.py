@@ -303,7 +303,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsFormatter
     p = Parser(prog="keras-inception", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -502,6 +502,16 @@ def error_line(error: Exception) -> str:
         return f"{error.strerror or error}{where}{advice}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0].rstrip(":") if lines else type(error).__name__  # one line, whatever the library said
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless the help states it (a ``None`` that means
+    "imagenet" or "the next free version")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):

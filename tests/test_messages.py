@@ -291,3 +291,22 @@ def test_a_full_disk_is_one_line_with_the_path():
     line = "No space left on device: /data/out/model.keras; free some space or write elsewhere"
     assert cli.error_line(full) == line
     assert cli.error_line(ValueError("what happened:\n  - detail\n")) == "what happened"
+
+
+def test_every_help_states_one_default_and_the_true_one():
+    """Each option's help gives its default once: an option whose unset value (None) means
+    something else states that ("imagenet", "the next free one") instead of "None"."""
+    import argparse
+    import re
+
+    from keras_inception import cli
+
+    top = cli.parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), (name, text)
+        if "--weights" in sub._option_string_actions:
+            assert "(default: imagenet)" in text, name
+    export = " ".join(commands["export"].format_help().split())
+    assert "--version VERSION SavedModel version (default: the next free one) --" in export
