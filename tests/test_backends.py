@@ -277,3 +277,91 @@ def test_train_killed_and_resumed_on_backend(backend):
     done = subprocess.run(cmd, env=backend_env(backend), capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 passed" in done.stdout
+
+
+def _photos(root) -> str:
+    """Two classes of eight JPEGs each, told apart by colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for label, colour in (("blue", (30, 30, 200)), ("red", (200, 30, 30))):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(rng.normal(colour, 25, (64, 80, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.jpg", "JPEG")
+    return str(root)
+
+
+def _command(backend: str, *args: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``keras-inception ARGS`` as a user runs it, on ``backend``."""
+    cmd = [sys.executable, "-m", "keras_inception.cli", *args]
+    env = backend_env(backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if popen:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, **popen)
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run, JAX slow
+def test_cli_finetune_killed_and_resumed_on_backend(backend, tmp_path):
+    """``keras-inception finetune`` on this backend, SIGKILLed in its second phase and run again,
+    ends with the uninterrupted run's best.keras; the run says once what is TensorFlow-only."""
+    import signal
+    import time
+
+    from test_runs import assert_same_weights
+
+    from keras_inception.train import runs
+
+    data = _photos(tmp_path / "photos")
+    args = ["finetune", "--data", data, "--model", "inception_v3", "--weights", "none", "--epochs", "1"]
+    args += ["--fine-tune-epochs", "1", "--batch-size", "4", "--image-size", "75"]
+    args += ["--validation-split", "0.25"]
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    done = _command(backend, *args, "--output", whole)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count(training.TENSORFLOW_ONLY.format(backend)) == 1, done.stderr[-3000:]
+    job = _command(backend, *args, "--output", cut, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while runs.finished_epochs(cut) < 1 and job.poll() is None:  # phase 1 committed: phase 2 runs
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, "the run ended before it could be killed in phase 2"
+    assert runs.finished_epochs(cut) == 1
+    again = _command(backend, *args, "--output", cut)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from epoch 2 of 2 (phase 2)" in again.stderr.splitlines()
+    assert_same_weights(os.path.join(whole, "best.keras"), os.path.join(cut, "best.keras"))
+    with open(os.path.join(whole, "history.json")) as a, open(os.path.join(cut, "history.json")) as b:
+        assert json.load(a)["history"] == pytest.approx(json.load(b)["history"], rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_train_then_evaluate_on_backend(backend, tmp_path, capsys):
+    """``keras-inception train`` (a reduced IRv1 on a folder) and ``evaluate`` of its model on this
+    backend; the TensorFlow backend evaluates the same file to the same table."""
+    from keras_inception import cli
+
+    data = _photos(tmp_path / "photos")
+    out = str(tmp_path / "run")
+    args = ["train", "--data", data, "--model", "inception_resnet_v1", "--epochs", "1", "--batch-size", "4"]
+    args += ["--image-size", "75", "--width", "0.25", "--depths", "1", "1", "1", "--output", out]
+    done = _command(backend, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = os.path.join(out, "final.keras")
+    assert done.stdout == f"wrote {final}\n"
+    said = done.stderr.splitlines()
+    assert "2 classes: blue, red; 16 training images" in said
+    assert done.stderr.count(training.TENSORFLOW_ONLY.format(backend)) == 1
+    model = keras.saving.load_model(final)  # written on the other backend, read on TensorFlow's
+    assert model.output_shape == (None, 2) and model.input_shape == (None, 75, 75, 3)
+    evaluate = ["evaluate", "--data", data, "--models", final, "--crops", "1", "12", "--batch-size", "8"]
+    done = _command(backend, *evaluate)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cli.main(evaluate) == 0
+    here = capsys.readouterr().out
+
+    def table(printed: str) -> list[str]:
+        return [line for line in printed.splitlines() if line.startswith(("| 1 |", "| 12 |"))]
+
+    assert len(table(here)) == 2 and all("| 16 |" in row for row in table(here))  # 16 images each
+    assert table(done.stdout) == table(here)

@@ -58,9 +58,8 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     peak = results["peak"]
     assert (peak["cpu"], peak["flags"]) == (cpu.current().model, cpu.current().relevant_flags())
     assert f": {cpu.current().describe()}, {os.cpu_count()} cores" in text  # the CPU and its flags head it
-    assert {(r["library"], r["size"]) for r in peak["rows"]["float32"]} == {
-        ("numpy", 512), ("tf", 512)
-    }
+    libraries = {"numpy", "tf"} | ({"openvino"} if importlib.util.find_spec("openvino") else set())
+    assert {(r["library"], r["size"]) for r in peak["rows"]["float32"]} == {(lib, 512) for lib in libraries}
     assert peak["float32"] == max(r["gflops"] for r in peak["rows"]["float32"]) > 0
     assert "exceeded" not in peak  # no row above the peak of its precision
     assert all(r["best_gflops"] <= peak[r["precision"]] for r in results["inference"])
@@ -110,6 +109,35 @@ def test_peak_theory_by_cpu_flags():
     assert peak.flop_per_cycle(frozenset({"avx2", "fma"}), vendor_amd=True) == {"float32": 32, "bfloat16": 32}
     theory = peak.theoretical(2, 2500.0, zen4, True)
     assert (theory["float32"], theory["bfloat16"]) == (160.0, 320.0)
+
+
+def test_vector_bfloat16_is_at_least_twice_float32_without_amx():
+    """On AVX512_BF16 without AMX the bfloat16 limit is max(its GEMM, 2 x float32's); with AMX
+    or without AVX512_BF16 it is the bfloat16 GEMM measured; the report says which."""
+    peak = _load_tool("peak")
+    benchmark = _load_tool("benchmark")
+
+    def measured() -> dict:
+        return {
+            "float32": {"gflops": 220.0, "rows": [{"library": "tf", "size": 2048, "gflops": 220.0}]},
+            "bfloat16": {"gflops": 410.0, "rows": [{"library": "openvino", "size": 1024, "gflops": 410.0}]},
+        }
+
+    zen4 = measured()
+    peak.vector_bfloat16(zen4, frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    assert zen4["bfloat16"]["gflops"] == zen4["bfloat16"]["from_float32"] == 440.0
+    for flags in ({"avx512_bf16", "amx_bf16"}, {"avx2", "fma"}):
+        other = measured()
+        peak.vector_bfloat16(other, frozenset(flags))
+        assert other["bfloat16"]["gflops"] == 410.0 and "from_float32" not in other["bfloat16"]
+    theory = {"flop_per_cycle_per_core": {"float32": 32, "bfloat16": 64}, "cores": 2, "mhz": None}
+    report = {**{p: m["gflops"] for p, m in zen4.items()}, "rows": {p: m["rows"] for p, m in zen4.items()}}
+    (line,) = benchmark.peak_lines({**report, "theoretical": theory})
+    assert line.startswith(
+        "Machine limit (tools/peak.py): float32 220.0 GFLOP/s (tf 2048x2048), bfloat16 440.0 GFLOP/s "
+        "(twice the float32 peak; its best matmul 410.0, openvino); the fastest call of n x n matmuls, "
+        "n in 1024, 2048, each size in its own process (float32 through tf; bfloat16 through openvino);"
+    )
 
 
 def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatch):
