@@ -294,8 +294,8 @@ def _photos(root) -> str:
 
 def _command(backend: str, *args: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
     """``keras-inception ARGS`` as a user runs it, on ``backend``."""
-    cmd = [sys.executable, "-m", "keras_inception.cli", *args]
-    env = backend_env(backend, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "keras-inception"), *args]
+    env = {k: v for k, v in backend_env(backend).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     if popen:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, **popen)
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -303,36 +303,44 @@ def _command(backend: str, *args: str, **popen) -> subprocess.CompletedProcess |
 
 @pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run, JAX slow
 def test_cli_finetune_killed_and_resumed_on_backend(backend, tmp_path):
-    """``keras-inception finetune`` on this backend, SIGKILLed in its second phase and run again,
-    ends with the uninterrupted run's best.keras; the run says once what is TensorFlow-only."""
+    """``keras-inception finetune`` on this backend, SIGKILLed in its second phase: the rerun of
+    the same command says it resumes in phase 2, keeps the committed epoch and finishes the run.
+    (Not bit-equal to an uninterrupted run: slim's augmentation draws from stateful random ops
+    in a parallel map, so no two runs see the same crops; tests/test_runs.py holds resumes of
+    shuffled data without augmentation to the uninterrupted run.)"""
     import signal
     import time
 
-    from test_runs import assert_same_weights
-
+    from keras_inception.core import startup
+    from keras_inception.nn.layers import output_layers
     from keras_inception.train import runs
 
     data = _photos(tmp_path / "photos")
+    cut = str(tmp_path / "cut")
     args = ["finetune", "--data", data, "--model", "inception_v3", "--weights", "none", "--epochs", "1"]
-    args += ["--fine-tune-epochs", "1", "--batch-size", "4", "--image-size", "75"]
-    args += ["--validation-split", "0.25"]
-    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
-    done = _command(backend, *args, "--output", whole)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count(training.TENSORFLOW_ONLY.format(backend)) == 1, done.stderr[-3000:]
-    job = _command(backend, *args, "--output", cut, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args += ["--fine-tune-epochs", "1", "--batch-size", "4", "--image-size", "75", "--output", cut]
+    job = _command(backend, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while runs.finished_epochs(cut) < 1 and job.poll() is None:  # phase 1 committed: phase 2 runs
         time.sleep(0.05)
     job.send_signal(signal.SIGKILL)
-    job.wait()
+    said = job.communicate()[1]
     assert job.returncode == -signal.SIGKILL, "the run ended before it could be killed in phase 2"
-    assert runs.finished_epochs(cut) == 1
-    again = _command(backend, *args, "--output", cut)
+    assert "TensorFlow-only" not in said  # Adam, no rematerialisation: nothing is left out
+    assert not [line for line in said.splitlines() if startup.NOTICE.match(line.encode())]
+    with open(os.path.join(cut, "state.json")) as f:
+        committed = json.load(f)["history"]
+    assert [row["epoch"] for row in committed] == [0]
+    again = _command(backend, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from epoch 2 of 2 (phase 2)" in again.stderr.splitlines()
-    assert_same_weights(os.path.join(whole, "best.keras"), os.path.join(cut, "best.keras"))
-    with open(os.path.join(whole, "history.json")) as a, open(os.path.join(cut, "history.json")) as b:
-        assert json.load(a)["history"] == pytest.approx(json.load(b)["history"], rel=1e-5)
+    assert "phase 1" not in again.stderr.split("resuming from epoch 2 of 2 (phase 2)")[1]  # not rerun
+    with open(os.path.join(cut, "history.json")) as f:
+        history = json.load(f)
+    assert history["history"]["loss"][0] == committed[0]["loss"] and len(history["history"]["loss"]) == 2
+    assert history["best"] == max(history["history"]["val_top1"])
+    best = keras.saving.load_model(os.path.join(cut, "best.keras"))
+    assert output_layers(best)[0].class_names == ["blue", "red"]
+    assert not [f for f in os.listdir(cut) if f.startswith(".partial")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -37,7 +37,10 @@ def import_tensorflow(module: str, purpose: str, extra: str = "tensorflow") -> M
     needs it for ``purpose`` (``"tf.data pipelines"``), and the package's ``extra`` brings it.
     """
     try:
-        return importlib.import_module("tensorflow")
+        if "tensorflow" in sys.modules:
+            return sys.modules["tensorflow"]
+        with quiet_tensorflow():  # on JAX and PyTorch, TensorFlow starts here (for tf.data), not with Keras
+            return importlib.import_module("tensorflow")
     except ModuleNotFoundError as error:
         if error.name != "tensorflow":
             raise
