@@ -13,8 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import keras_inception as ki
+from keras_inception.input import pipelines as data
 from keras_inception.nn.layers import Builder, ClassifierOutput
 from keras_inception.train import runs, training
 
@@ -145,6 +147,72 @@ class Marker(__import__("keras").callbacks.Callback):
 training.train(tiny, fixed_batches(), fixed_batches(), sys.argv[1], 5, 2,
                training.Recipe.slim(learning_rate=0.01), extra_callbacks=[Marker()], verbose=0)
 """
+
+
+def image_stream(root) -> data.Source:
+    """Three classes of seven random JPEGs of assorted sizes."""
+    rng = np.random.default_rng(0)
+    for label in "abc":
+        (root / label).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(
+                root / label / f"{i}.jpg"
+            )
+    return data.image_folder(str(root))
+
+
+def dropout_model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, name="conv")(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax", name="logits")(keras.layers.Dropout(0.5)(x))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def stream_run(source, directory, crash=None, resumable=True) -> list[np.ndarray]:
+    """Three epochs of the seeded pipeline through :func:`runs.fit`; ``crash`` after that epoch."""
+    model = dropout_model()
+
+    def stream(start_batch):
+        start_batch = start_batch if resumable else 0  # as a pipeline built once would be
+        return data.pipeline(source, 4, True, 24, seed=3, repeat=True, start_batch=start_batch)
+
+    validation = data.pipeline(source, 4, False, 24)
+    callbacks = [Crash(crash)] if crash is not None else []
+    with runs.Run(directory, {"job": 1}, "val_accuracy") as run:
+        runs.fit(model, run, stream, validation, 3, steps_per_epoch=5, callbacks=callbacks, verbose=0)
+    return model.get_weights()
+
+
+def test_a_resumed_run_sees_the_batches_and_dropout_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The seeded pipeline resumed at its batch, and the Dropout generator's state kept in the run:
+    killed after epoch 1 and rerun, a run ends with the uninterrupted run's weights, bit for bit.
+    Without either, it does not."""
+    source = image_stream(tmp_path / "images")
+    whole = stream_run(source, str(tmp_path / "whole"))
+
+    def resumed(name, forget_dropout=False, **kwargs):
+        with pytest.raises(KeyboardInterrupt):
+            stream_run(source, str(tmp_path / name), crash=0)
+        with open(tmp_path / name / runs.STATE) as f:
+            assert len(json.load(f)["seeds"]) == 1  # the Dropout layer's generator
+        if forget_dropout:
+            monkeypatch.setattr(runs, "seed_states", lambda model: [])
+        return stream_run(source, str(tmp_path / name), **kwargs)
+
+    def worst(weights):
+        return max(float(np.abs(a - b).max()) for a, b in zip(whole, weights, strict=True))
+
+    found = {
+        "resumed": worst(resumed("cut")),
+        "data from the start again": worst(resumed("restarted", resumable=False)),
+        "dropout's draws from the start again": worst(resumed("fresh-dropout", forget_dropout=True)),
+    }
+    print("largest weight difference from the uninterrupted run:", found)
+    assert found["resumed"] == 0.0
+    assert found["data from the start again"] > 1e-4 and found["dropout's draws from the start again"] > 1e-4
 
 
 @pytest.mark.slow

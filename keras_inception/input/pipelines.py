@@ -264,6 +264,7 @@ def pipeline(
     augmentation: str = "inception",
     fast_mode: bool = True,
     use_boxes: bool = False,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of ``(images in [-1, 1], one-hot labels)`` ready for ``model.fit``.
 
@@ -275,37 +276,96 @@ def pipeline(
     training transform, ``fast_mode`` as slim's trainer; ``use_boxes`` crops around the
     TFRecords' object boxes, which slim's trainer does not pass) or ``"flip"`` (resize
     and flip, for tiny images).
+
+    Training data come epoch by epoch, each shuffled anew. With a ``seed`` they are the
+    same in every run: epoch ``e``'s order and every image's distortion are drawn
+    statelessly from ``(seed, e)`` and the image's place in it (``augment`` layers
+    draw from their own generators). With ``repeat`` the epochs follow one another without
+    end (batches never straddle two: ``drop_remainder`` applies per epoch), and
+    ``start_batch`` starts the stream at that batch (a resumed run's place): the epochs
+    before it are not read, the images before it in its epoch are read but not transformed.
     """
     if augmentation not in preprocessing.TRAIN_TRANSFORMS:
         raise ValueError(
             f"augmentation must be one of {sorted(preprocessing.TRAIN_TRANSFORMS)}, got {augmentation!r}"
         )
+    if start_batch and not (training and repeat):
+        raise ValueError(
+            f"start_batch={start_batch} needs training=True and repeat=True (a stream of epochs)"
+        )
     dataset = source.dataset
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    drop = training if drop_remainder is None else drop_remainder
 
-    def transform(image, label, bbox=None):
+    def transform(image, label, *rest):
+        *bbox, element_seed = rest if training else (*rest, None)
+        bbox = bbox[0] if bbox and use_boxes else None
         if training and augmentation == "inception":
-            x = preprocessing.train_transform(image, image_size, bbox if use_boxes else None, fast_mode)
+            x = preprocessing.train_transform(image, image_size, bbox, fast_mode, element_seed)
         elif training:
-            x = preprocessing.flip_transform(image, image_size)
+            x = preprocessing.flip_transform(image, image_size, element_seed)
         else:
             x = preprocessing.eval_transform(image, image_size)
         x.set_shape([image_size, image_size, 3])
         return x, tf.one_hot(label, source.num_classes)
 
-    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    def batches(examples: tf.data.Dataset) -> tf.data.Dataset:
+        examples = examples.map(
+            transform, num_parallel_calls=AUTOTUNE, deterministic=not training or seed is not None
+        )
+        return examples.batch(batch_size, drop_remainder=drop)
+
     if training:
+        dataset = _epochs(
+            dataset, source, batch_size, drop, shuffle_buffer, seed, repeat, start_batch, batches
+        )
         for layer in augment:
             dataset = dataset.map(_batch_augment(layer), num_parallel_calls=AUTOTUNE)
+    else:
+        dataset = batches(dataset.repeat() if repeat else dataset)
     if aux_logits:
         dataset = dataset.map(lambda x, y: (x, (y, y)))
     return dataset.prefetch(AUTOTUNE)
+
+
+def batches_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches in one training epoch of ``num_examples``."""
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
+def _epochs(dataset, source, batch_size, drop, shuffle_buffer, seed, repeat, start_batch, batches):
+    """The training batches of one epoch (a fresh shuffle each iteration), or with ``repeat``
+    every epoch from the one holding ``start_batch`` on; see :func:`pipeline`."""
+    base = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+
+    def examples(epoch) -> tf.data.Dataset:  # epoch's examples, each with its stateless seed last
+        key = tf.stack([tf.constant(base, tf.int64), tf.cast(epoch, tf.int64)])
+        order = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+        # Within this traced function, the graph-level seed of the shuffle is this function's
+        # own: the order depends on (seed, epoch) alone, not on the caller's global seed.
+        tf.random.set_seed(1)
+        shuffled = dataset.shuffle(shuffle_buffer, seed=order, reshuffle_each_iteration=False).enumerate()
+        return shuffled.map(lambda i, ex: (*ex, tf.random.experimental.stateless_fold_in(key, i)))
+
+    if not repeat:  # each iteration (each fit epoch) draws its epoch number afresh
+        keys = tf.data.Dataset.random(seed=base, rerandomize_each_iteration=True).take(1)
+        return keys.flat_map(lambda epoch: batches(examples(epoch)))
+    known = source.num_examples
+    if known is not None and drop and known < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {known} training examples: "
+            "every epoch would be empty (use a smaller batch size)"
+        )
+    if start_batch and known is None:
+        raise ValueError(f"start_batch={start_batch} needs the dataset's size, which is unknown (TFRecords)")
+    first, skipped = (
+        divmod(start_batch, batches_per_epoch(known, batch_size, drop)) if start_batch else (0, 0)
+    )
+    head = tf.data.Dataset.from_tensors(tf.constant(first, tf.int64))  # (traced, as every epoch)
+    head = head.flat_map(lambda epoch: batches(examples(epoch).skip(skipped * batch_size)))
+    rest = tf.data.Dataset.counter(first + 1).flat_map(lambda epoch: batches(examples(epoch)))
+    return head.concatenate(rest)
 
 
 LABEL_MIXERS = ("MixUp", "CutMix", "FourierMix", "Mosaic")  # augmentation layers that mix labels too

@@ -213,9 +213,7 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
         lambda x: tf.image.rot90(tf.image.transpose(x), 2),
         lambda x: tf.image.rot90(x, 1),
     ]
-    return tf.switch_case(
-        tf.clip_by_value(orientation - 1, 0, 7), [lambda f=f: f(image) for f in transforms]
-    )
+    return tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), [lambda f=f: f(image) for f in transforms])
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
@@ -325,24 +323,29 @@ def resize_tf1(image: tf.Tensor, size: tuple[int, int], method: int = 0) -> tf.T
     return tf.compat.v1.image.resize_images(image, size, RESIZE_METHODS[method], align_corners=False)
 
 
-def distort_color(image: tf.Tensor, ordering: int, fast_mode: bool = True) -> tf.Tensor:
+def distort_color(
+    image: tf.Tensor, ordering: int, fast_mode: bool = True, seed: tf.Tensor | None = None
+) -> tf.Tensor:
     """slim's ``distort_color`` on [0, 1] floats, then clipped.
 
     Fast mode: brightness (32/255) and saturation (0.5-1.5), in ``ordering`` 0 or 1.
     Slow mode: brightness, saturation, hue (0.2) and contrast (0.5-1.5) in one of four orders.
+    The draws are TensorFlow's stateless ones, from ``seed`` (a ``[2]`` integer tensor; a
+    random one when ``None``): the same seed, the same distortion.
     """
+    seeds = tf.random.experimental.stateless_split(_seed(seed), 4)
 
     def brightness(x):
-        return tf.image.random_brightness(x, max_delta=32.0 / 255.0)
+        return tf.image.stateless_random_brightness(x, 32.0 / 255.0, seeds[0])
 
     def saturation(x):
-        return tf.image.random_saturation(x, lower=0.5, upper=1.5)
+        return tf.image.stateless_random_saturation(x, 0.5, 1.5, seeds[1])
 
     def hue(x):
-        return tf.image.random_hue(x, max_delta=0.2)
+        return tf.image.stateless_random_hue(x, 0.2, seeds[2])
 
     def contrast(x):
-        return tf.image.random_contrast(x, lower=0.5, upper=1.5)
+        return tf.image.stateless_random_contrast(x, 0.5, 1.5, seeds[3])
 
     orders = (
         [(brightness, saturation), (saturation, brightness)]
@@ -359,16 +362,28 @@ def distort_color(image: tf.Tensor, ordering: int, fast_mode: bool = True) -> tf
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def _random_case(x: tf.Tensor, cases: int, fn) -> tf.Tensor:
-    """slim's ``apply_with_random_selector``: ``fn(x, k)`` for a uniformly random ``k < cases``."""
+def _seed(seed: tf.Tensor | None) -> tf.Tensor:
+    """``seed`` as a ``[2]`` int64 stateless seed; a random one (stateful draw) when ``None``."""
+    if seed is None:
+        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
+def _random_case(x: tf.Tensor, cases: int, fn, seed: tf.Tensor) -> tf.Tensor:
+    """slim's ``apply_with_random_selector``: ``fn(x, k)`` for a uniformly random ``k < cases``
+    (drawn from the stateless ``seed``)."""
     if cases == 1:
         return fn(x, 0)
-    selector = tf.random.uniform([], maxval=cases, dtype=tf.int32)
+    selector = tf.random.stateless_uniform([], seed, maxval=cases, dtype=tf.int32)
     return tf.switch_case(selector, [lambda k=k: fn(x, k) for k in range(cases)])
 
 
 def train_transform(
-    image: tf.Tensor, size: int = 299, bbox: tf.Tensor | None = None, fast_mode: bool = True
+    image: tf.Tensor,
+    size: int = 299,
+    bbox: tf.Tensor | None = None,
+    fast_mode: bool = True,
+    seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """slim's ``preprocess_for_train``: distorted box crop, resize, flip, colour, [-1, 1].
 
@@ -377,8 +392,13 @@ def train_transform(
     ymax xmax; the whole image when none is given, as slim's trainer does). Then
     TF1's resize (fast mode: bilinear; slow mode: one of its four methods at random),
     a random left-right flip, and :func:`distort_color` (fast mode: one ordering, as
-    slim's ``train_image_classifier.py``; slow mode: one of four).
+    slim's ``train_image_classifier.py``; slow mode: one of four). Every draw is a
+    stateless one from ``seed`` (a ``[2]`` integer tensor; a random one when ``None``),
+    so a seeded image is distorted the same way in any run, in any order of a parallel map.
     """
+    box_seed, resize_seed, flip_seed, order_seed, color_seed = tf.unstack(
+        tf.random.experimental.stateless_split(_seed(seed), 5)
+    )
     whole = tf.constant([[0.0, 0.0, 1.0, 1.0]])
     if bbox is None or bbox.shape.rank != 2:
         bbox = whole
@@ -386,7 +406,7 @@ def train_transform(
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=bbox[tf.newaxis],
-        seed=tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32),
+        seed=box_seed,
         min_object_covered=0.1,
         aspect_ratio_range=(0.75, 1.33),
         area_range=(0.05, 1.0),
@@ -394,17 +414,21 @@ def train_transform(
         use_image_if_no_bounding_boxes=True,
     )
     x = tf.image.convert_image_dtype(tf.slice(image, begin, crop_size), tf.float32)
-    x = _random_case(x, 1 if fast_mode else 4, lambda x, method: resize_tf1(x, (size, size), method))
+    cases = 1 if fast_mode else 4
+    x = _random_case(x, cases, lambda x, method: resize_tf1(x, (size, size), method), resize_seed)
     x.set_shape([size, size, 3])
-    x = tf.image.random_flip_left_right(x)
-    x = _random_case(x, 1 if fast_mode else 4, lambda x, ordering: distort_color(x, ordering, fast_mode))
+    x = tf.image.stateless_random_flip_left_right(x, flip_seed)
+    x = _random_case(
+        x, cases, lambda x, ordering: distort_color(x, ordering, fast_mode, color_seed), order_seed
+    )
     return to_signed_unit(x)
 
 
-def flip_transform(image: tf.Tensor, size: int = 299) -> tf.Tensor:
-    """A light training transform for small-image experiments: resize, random flip, [-1, 1]."""
+def flip_transform(image: tf.Tensor, size: int = 299, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """A light training transform for small-image experiments: resize, random flip (stateless,
+    from ``seed`` as :func:`train_transform`), [-1, 1]."""
     x = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [size, size], method="bilinear")
-    return to_signed_unit(tf.image.random_flip_left_right(x))
+    return to_signed_unit(tf.image.stateless_random_flip_left_right(x, _seed(seed)))
 
 
 TRAIN_TRANSFORMS = {"inception": train_transform, "flip": flip_transform}

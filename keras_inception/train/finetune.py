@@ -138,7 +138,22 @@ def finetune(
         with runs.Run(output_dir, settings, MONITOR) as run:
             runs.say(verbose, runs.resume_line(run, total, lambda e: f"phase {1 if e < epochs else 2}"))
             keras.utils.set_random_seed(seed)
-            train = data.pipeline(train_src, batch_size, True, image_size, seed=seed, augment=augment)
+            drop = train_src.num_examples >= batch_size  # else each epoch is one smaller batch
+            steps = data.batches_per_epoch(train_src.num_examples, batch_size, drop)
+
+            def train(start_batch: int):  # the same batches, resumed or not
+                return data.pipeline(
+                    train_src,
+                    batch_size,
+                    True,
+                    image_size,
+                    augment=augment,
+                    drop_remainder=drop,
+                    seed=seed,
+                    repeat=True,
+                    start_batch=start_batch,
+                )
+
             val = data.pipeline(val_src, batch_size, False, image_size)
             model, base = transfer_model(
                 model_name, train_src.class_names, weights, image_size, **(model_kwargs or {})
@@ -149,7 +164,17 @@ def finetune(
                 model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", metrics=metrics)
 
             compile_(learning_rate)
-            runs.fit(model, run, train, val, epochs, phase="head", verbose=verbose, label="phase 1")
+            runs.fit(
+                model,
+                run,
+                train,
+                val,
+                epochs,
+                phase="head",
+                steps_per_epoch=steps,
+                verbose=verbose,
+                label="phase 1",
+            )
             if fine_tune_epochs:
                 layers = unfreeze(base, unfreeze_from)
                 compile_(fine_tune_learning_rate)
@@ -167,6 +192,7 @@ def finetune(
                     total,
                     phase="fine-tune",
                     initial_epoch=epochs,
+                    steps_per_epoch=steps,
                     verbose=verbose,
                     label="phase 2",
                     rate_setting="fine_tune_learning_rate",

@@ -9,8 +9,8 @@ instead, written after every epoch in this order, each file atomically:
 1. ``best-<epoch>.keras``, when the monitored value improved (the parameter averages
    in it, when the optimizer keeps them), and ``state-<epoch>.weights.h5`` (model and
    optimizer, trained weights);
-2. ``state.json`` (the epoch, the phase, the best so far, the whole history): the
-   commit point, what a resumed run trusts;
+2. ``state.json`` (the epoch, the phase, the best so far, the random layers' generator
+   states, the whole history): the commit point, what a resumed run trusts;
 3. ``best-<epoch>.keras`` renamed to ``best.keras``, older state files removed (a run
    killed before this finishes it when it resumes; files of an epoch killed before
    step 2 are removed);
@@ -222,6 +222,12 @@ def averaged_weights(model: keras.Model) -> Iterator[None]:
         swap_averages(model)
 
 
+def seed_states(model: keras.Model) -> list:
+    """The state variables of ``model``'s random layers' ``keras.random.SeedGenerator`` s (Dropout's,
+    ...), in model order: not in ``.weights.h5``, so a run keeps them in its state."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
 def weights_bytes(model: keras.Model) -> int:
     """The bytes of ``model``'s weights: the space a save is checked for (a full disk mid-write
     can crash h5py at exit, so it is refused before)."""
@@ -341,6 +347,11 @@ class Run:
         rate = model.optimizer.learning_rate
         rate = float(rate.numpy()) if isinstance(rate, keras.Variable) else None
         model.load_weights(self.path(self.state["weights"]), objects_to_skip=skip)
+        saved = self.state.get("seeds") or []
+        generators = seed_states(model)
+        if len(saved) == len(generators):  # the random layers draw on from where they were
+            for variable, value in zip(generators, saved, strict=True):
+                variable.assign(np.asarray(value, variable.dtype))
         if rate is not None:  # this run's rate, not the saved one (it differs after a divergence)
             model.optimizer.learning_rate = rate
         return self.epoch
@@ -363,6 +374,7 @@ class Run:
             with averaged_weights(model):
                 save_model(model, self.path(state["best_file"]))
         state["weights"] = f"state-{epoch + 1:05d}.weights.h5"
+        state["seeds"] = [np.asarray(v.value).tolist() for v in seed_states(model)]
         with files.atomic_path(self.path(state["weights"]), size=weights_bytes(model)) as staged:
             model.save_weights(staged)
         files.write_bytes(self.path(STATE), json.dumps(state, indent=1).encode())  # the commit point
@@ -499,12 +511,20 @@ def fit(
 ) -> dict[str, list]:
     """``model.fit`` up to ``epochs`` within ``run``, resuming where it stopped; the history.
 
+    ``train_data`` is a dataset, or a function of the batch to start at that returns the
+    stream from there (:func:`keras_inception.data.pipeline`'s ``start_batch``, with
+    ``steps_per_epoch`` given), so that a resumed run sees the batches the interrupted one would have.
+
     Raises :class:`DivergedError` at the first non-finite loss or weights (see
     :class:`NonFiniteGuard`); ``label`` (e.g. ``"phase 2"``) and ``rate_setting`` (the
     setting of this learning rate) are for its message.
     """
     start = run.restore(model, phase) if run.epoch > initial_epoch else initial_epoch
     if start < epochs:
+        if callable(train_data):
+            if steps_per_epoch is None:
+                raise ValueError("a function for train_data needs steps_per_epoch")
+            train_data = train_data(start * steps_per_epoch)
         guard = NonFiniteGuard(run, epochs, rate_setting, label)
         model.fit(
             train_data,

@@ -297,7 +297,7 @@ def _monitor(model: keras.Model, validation: bool) -> str:
 
 def train(
     build_model: Callable[[], keras.Model],
-    train_data: tf.data.Dataset,
+    train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset],
     validation_data: tf.data.Dataset | None,
     output_dir: str,
     epochs: int,
@@ -314,7 +314,9 @@ def train(
     """Train with the recipe under ``strategy`` (not multi-worker: see :func:`distributed_fit`).
 
     ``output_dir`` is a :class:`~keras_inception.train.runs.Run`: rerunning into it after a
-    kill resumes at the epoch it stopped, optimizer and averages included; ``best.keras``
+    kill resumes at the epoch it stopped, optimizer and averages included, and with
+    ``train_data`` a function of the batch to start at (see :func:`runs.fit`), on the batches
+    the killed run would have seen; ``best.keras``
     is the best validation (or training) top-1 with the averaged weights;
     ``final.keras`` holds the averaged weights, and so does the returned model.
     ``settings`` identify the run (default: the model's name and the recipe). ``remat``:
@@ -413,7 +415,7 @@ def train_network(
             sync_batch_norm(model)
         return model
 
-    def pipeline(src, is_training: bool, batch: int):
+    def pipeline(src, is_training: bool, batch: int, start_batch: int = 0):
         return data.pipeline(
             src,
             batch,
@@ -422,7 +424,14 @@ def train_network(
             aux_logits=aux_logits and is_training,
             repeat=is_training,
             seed=seed,
+            start_batch=start_batch,
         )
+
+    def training_stream(start_batch: int):  # where the interrupted run would have gone on
+        if start_batch and source.num_examples is None:
+            runs.say(verbose, "resuming with the data stream from its start: the dataset's size is unknown")
+            start_batch = 0
+        return pipeline(source, True, batch_size, start_batch)
 
     images = f"{source.num_examples} training images" if source.num_examples else "training images uncounted"
     if validation is not None:
@@ -451,7 +460,7 @@ def train_network(
         val = pipeline(validation, False, batch_size) if validation else None
         return train(
             build,
-            pipeline(source, True, batch_size),
+            training_stream,
             val,
             output_dir,
             epochs,
