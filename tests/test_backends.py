@@ -269,14 +269,16 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run (27 s on 2 cores), JAX slow
 def test_train_killed_and_resumed_on_backend(backend):
-    """tests/test_runs.py's kill-and-resume check (slim's recipe with averages, tf.data input) on
-    this backend: the resumed run ends with the uninterrupted run's weights and best.keras."""
+    """tests/test_runs.py's kill-and-resume checks on this backend: slim's recipe with averages
+    (the resumed run ends with the uninterrupted run's weights and best.keras), and the seeded
+    pipeline with Dropout (bit for bit; on PyTorch, Dropout draws from torch's global generator)."""
     test = os.path.join(ROOT, "tests", "test_runs.py")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
-    cmd += ["-k", "resumed_run_with_averages"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test]
+    cmd += ["-k", "resumed_run_with_averages or resumed_run_sees_the_batches"]
     done = subprocess.run(cmd, env=backend_env(backend), capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout
+    assert "{'resumed': 0.0," in done.stdout
 
 
 def _photos(root) -> str:
@@ -343,6 +345,7 @@ def test_cli_finetune_killed_and_resumed_on_backend(backend, tmp_path):
     assert not [f for f in os.listdir(cut) if f.startswith(".partial")]
 
 
+@pytest.mark.slow  # 30 s on PyTorch: the default run keeps its 10-minute budget on 2 cores
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cli_train_then_evaluate_on_backend(backend, tmp_path, capsys):
     """``keras-inception train`` (a reduced IRv1 on a folder) and ``evaluate`` of its model on this

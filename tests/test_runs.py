@@ -200,6 +200,7 @@ def test_a_resumed_run_sees_the_batches_and_dropout_of_an_uninterrupted_one(tmp_
             assert len(json.load(f)["seeds"]) == 1  # the Dropout layer's generator
         if forget_dropout:
             monkeypatch.setattr(runs, "seed_states", lambda model: [])
+            monkeypatch.setattr(runs, "set_torch_generator_state", lambda state: None)
         return stream_run(source, str(tmp_path / name), **kwargs)
 
     def worst(weights):

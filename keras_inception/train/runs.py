@@ -10,7 +10,8 @@ instead, written after every epoch in this order, each file atomically:
    in it, when the optimizer keeps them), and ``state-<epoch>.weights.h5`` (model and
    optimizer, trained weights);
 2. ``state.json`` (the epoch, the phase, the best so far, the random layers' generator
-   states, the whole history): the commit point, what a resumed run trusts;
+   states, PyTorch's global one on that backend, the whole history): the commit point,
+   what a resumed run trusts;
 3. ``best-<epoch>.keras`` renamed to ``best.keras``, older state files removed (a run
    killed before this finishes it when it resumes; files of an epoch killed before
    step 2 are removed);
@@ -30,6 +31,7 @@ the one setting a rerun may change, and the run resumes from that epoch.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import io
@@ -228,6 +230,22 @@ def seed_states(model: keras.Model) -> list:
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
+def torch_generator_state() -> str | None:
+    """PyTorch's global generator state (base64), on the PyTorch backend: there, Keras's random
+    layers without a seed (``Dropout()``) draw from it, not from their ``SeedGenerator``."""
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def set_torch_generator_state(state: str) -> None:
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state), np.uint8).copy()))
+
+
 def weights_bytes(model: keras.Model) -> int:
     """The bytes of ``model``'s weights: the space a save is checked for (a full disk mid-write
     can crash h5py at exit, so it is refused before)."""
@@ -375,6 +393,7 @@ class Run:
                 save_model(model, self.path(state["best_file"]))
         state["weights"] = f"state-{epoch + 1:05d}.weights.h5"
         state["seeds"] = [np.asarray(v.value).tolist() for v in seed_states(model)]
+        state["torch_generator"] = torch_generator_state()
         with files.atomic_path(self.path(state["weights"]), size=weights_bytes(model)) as staged:
             model.save_weights(staged)
         files.write_bytes(self.path(STATE), json.dumps(state, indent=1).encode())  # the commit point
@@ -445,6 +464,21 @@ class RunCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.run.end_epoch(self.model, epoch, logs or {}, self.phase)
+
+
+class TorchGenerator(keras.callbacks.Callback):
+    """Puts PyTorch's global generator back to a saved state just before a resumed run's first
+    batch: after what ``fit`` draws from it as it starts (the data loader's seed), as the
+    interrupted run had drawn that before its first epoch."""
+
+    def __init__(self, state: str):
+        super().__init__()
+        self.state = state
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.state is not None:
+            set_torch_generator_state(self.state)
+            self.state = None
 
 
 class NonFiniteGuard(keras.callbacks.TerminateOnNaN):
@@ -519,8 +553,12 @@ def fit(
     :class:`NonFiniteGuard`); ``label`` (e.g. ``"phase 2"``) and ``rate_setting`` (the
     setting of this learning rate) are for its message.
     """
-    start = run.restore(model, phase) if run.epoch > initial_epoch else initial_epoch
+    resumed = run.epoch > initial_epoch
+    start = run.restore(model, phase) if resumed else initial_epoch
     if start < epochs:
+        generator = run.state.get("torch_generator") if resumed else None
+        if generator and keras.backend.backend() == "torch":
+            callbacks = [TorchGenerator(generator), *(callbacks or [])]
         if callable(train_data):
             if steps_per_epoch is None:
                 raise ValueError("a function for train_data needs steps_per_epoch")
