@@ -149,7 +149,7 @@ training.train(tiny, fixed_batches(), fixed_batches(), sys.argv[1], 5, 2,
 """
 
 
-def image_stream(root) -> data.Source:
+def image_source(root) -> data.Source:
     """Three classes of seven random JPEGs of assorted sizes."""
     rng = np.random.default_rng(0)
     for label in "abc":
@@ -190,7 +190,7 @@ def test_a_resumed_run_sees_the_batches_and_dropout_of_an_uninterrupted_one(tmp_
     """The seeded pipeline resumed at its batch, and the Dropout generator's state kept in the run:
     killed after epoch 1 and rerun, a run ends with the uninterrupted run's weights, bit for bit.
     Without either, it does not."""
-    source = image_stream(tmp_path / "images")
+    source = image_source(tmp_path / "images")
     whole = stream_run(source, str(tmp_path / "whole"))
 
     def resumed(name, forget_dropout=False, **kwargs):
@@ -214,6 +214,23 @@ def test_a_resumed_run_sees_the_batches_and_dropout_of_an_uninterrupted_one(tmp_
     print("largest weight difference from the uninterrupted run:", found)
     assert found["resumed"] == 0.0
     assert found["data from the start again"] > 1e-4 and found["dropout's draws from the start again"] > 1e-4
+
+
+def test_a_resume_without_generator_states_says_dropout_draws_afresh(tmp_path, capsys):
+    """A folder whose state holds no generator states (an older version's) resumes with one
+    line; a function for ``train_data`` without ``steps_per_epoch`` is refused."""
+    model = dropout_model()
+    run = runs.Run(str(tmp_path), {"job": 1}, "val_accuracy")
+    run.end_epoch(model, 0, {"val_accuracy": 0.5}, "train")
+    run.state.pop("seeds")
+    assert run.restore(dropout_model(), "train", verbose=1) == 1
+    assert capsys.readouterr().err == (
+        "the run's state holds 0 random generator states, the model has 1: "
+        "its random layers (Dropout) draw afresh from epoch 2\n"
+    )
+    with pytest.raises(ValueError, match="^a function for train_data needs steps_per_epoch$"):
+        runs.fit(dropout_model(), run, lambda start: None, None, 2, verbose=0)
+    run.close()
 
 
 @pytest.mark.slow

@@ -172,18 +172,47 @@ def _example(image: np.ndarray, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def test_tfrecords_in_slim_layout(tmp_path):
+def _records(folder) -> data.Source:
+    """Two slim-layout shards of three examples (labels 1-3, background at 0)."""
     for shard in range(2):
-        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard:05d}-of-00002")) as writer:
+        with tf.io.TFRecordWriter(str(folder / f"train-{shard:05d}-of-00002")) as writer:
             for i in range(3):
                 writer.write(_example(np.full((40, 50, 3), 20 * i, np.uint8), label=1 + i))
-    source = data.tfrecords(str(tmp_path / "train-*"), num_classes=3, label_offset=-1)
+    return data.tfrecords(str(folder / "train-*"), num_classes=3, label_offset=-1)
+
+
+def test_tfrecords_in_slim_layout(tmp_path):
+    source = _records(tmp_path)
     items = list(source.dataset)
     assert len(items) == 6
     assert sorted(int(y) for _, y, _ in items) == [0, 0, 1, 1, 2, 2]
     np.testing.assert_allclose(items[0][2].numpy(), [[0.2, 0.1, 0.8, 0.9]])
     x, y = next(iter(data.pipeline(source, 6, training=True, image_size=75)))
     assert x.shape == (6, 75, 75, 3) and y.shape == (6, 3)
+    with pytest.raises(
+        ValueError, match=r"^start_batch=2 needs the dataset's size, which is unknown \(TFRecords\)$"
+    ):
+        data.pipeline(source, 2, True, 75, repeat=True, start_batch=2)
+
+
+def test_training_on_tfrecords_resumes_from_the_stream_start_and_says_so(tmp_path, capsys):
+    source = _records(tmp_path)
+    shape = {"width": 0.25, "depths": (1, 1, 1), "remat": False, "recipe": training.Recipe.slim()}
+    for epochs in (1, 2):  # the second call resumes the first's folder at epoch 2
+        training.train_network(
+            "inception_resnet_v1",
+            source,
+            None,
+            str(tmp_path / "run"),
+            epochs=epochs,
+            steps_per_epoch=1,
+            batch_size=2,
+            image_size=75,
+            verbose=1,
+            **shape,
+        )
+    err = capsys.readouterr().err
+    assert err.count("resuming with the data stream from its start: the dataset's size is unknown\n") == 1
 
 
 def test_tfds_through_mock_data():

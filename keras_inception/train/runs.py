@@ -351,11 +351,13 @@ class Run:
         """``(epoch, value)`` of the best monitored epoch so far."""
         return self.state["best_epoch"], self.state["best"]
 
-    def restore(self, model: keras.Model, phase: str) -> int:
+    def restore(self, model: keras.Model, phase: str, verbose: int | str = "auto") -> int:
         """Load the last state into ``model`` (built and compiled); the epoch to start at.
 
         The optimizer's state is loaded only when it was saved in the same ``phase``
-        (fine-tuning changes the optimizer between phases).
+        (fine-tuning changes the optimizer between phases). Random layers whose generator
+        states the folder does not hold (a folder of an older version) draw afresh, and a
+        line says so.
         """
         if not self.state["weights"]:
             return 0
@@ -370,6 +372,12 @@ class Run:
         if len(saved) == len(generators):  # the random layers draw on from where they were
             for variable, value in zip(generators, saved, strict=True):
                 variable.assign(np.asarray(value, variable.dtype))
+        else:
+            say(
+                verbose,
+                f"the run's state holds {len(saved)} random generator states, the model has "
+                f"{len(generators)}: its random layers (Dropout) draw afresh from epoch {self.epoch + 1}",
+            )
         if rate is not None:  # this run's rate, not the saved one (it differs after a divergence)
             model.optimizer.learning_rate = rate
         return self.epoch
@@ -554,7 +562,7 @@ def fit(
     setting of this learning rate) are for its message.
     """
     resumed = run.epoch > initial_epoch
-    start = run.restore(model, phase) if resumed else initial_epoch
+    start = run.restore(model, phase, verbose) if resumed else initial_epoch
     if start < epochs:
         generator = run.state.get("torch_generator") if resumed else None
         if generator and keras.backend.backend() == "torch":
