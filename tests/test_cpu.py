@@ -1,5 +1,8 @@
 """CPU detection and the default precision it gives, on faked /proc/cpuinfo files."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -30,6 +33,8 @@ def machine(tmp_path, monkeypatch):
         path = tmp_path / "cpuinfo"
         path.write_text(cpuinfo(model, vendor, flags))
         monkeypatch.setenv("KERAS_INCEPTION_CPUINFO", str(path))
+        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+            monkeypatch.delenv(name, raising=False)
         monkeypatch.setattr(cpu, "_warned", set())
         cpu.current.cache_clear()
         return cpu.current()
@@ -104,3 +109,83 @@ def test_predict_warns_for_a_bfloat16_model_on_a_cpu_without_it(machine):
         keras.config.set_dtype_policy("float32")
     with pytest.warns(UserWarning, match="^bfloat16 on AMD EPYC 7B13: no bfloat16 hardware"):
         assert predict.classify(model, []) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "variable, level, unit, flags",
+    [
+        ("ONEDNN_MAX_CPU_ISA", "AVX2", None, "avx2 fma"),
+        ("DNNL_MAX_CPU_ISA", "avx512_core_vnni", None, "avx2 fma avx512f avx512_vnni"),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", "AVX512_BF16", "avx2 fma avx512f avx512_bf16 avx512_vnni"),
+    ],
+)
+def test_onednn_isa_cap_gives_an_older_cpus_flags_and_default(
+    machine, monkeypatch, variable, level, unit, flags
+):
+    machine(*INTEL_AMX)
+    monkeypatch.setenv(variable, level)
+    cpu.current.cache_clear()
+    found = cpu.current()
+    assert (found.bfloat16, " ".join(found.relevant_flags())) == (unit, flags)
+    assert (
+        found.describe()
+        == f"{INTEL_AMX[0]} ({flags}), instruction set capped at {level.upper()} by ONEDNN_MAX_CPU_ISA"
+    )
+    assert cpu.default_precision() == ("bfloat16" if unit else "float32")
+    if unit is None:
+        with pytest.warns(UserWarning, match="no bfloat16 hardware"):
+            cpu.check_precision("mixed_bfloat16")
+
+
+@pytest.mark.parametrize("level", ["ALL", "DEFAULT", "AVX10_1_512_AMX", "AVX512_CORE_AMX", "NO_SUCH_ISA"])
+def test_a_cap_that_removes_nothing_leaves_the_cpu_as_it_is(machine, monkeypatch, level):
+    plain = machine(*INTEL_AMX)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", level)
+    cpu.current.cache_clear()
+    assert cpu.current() == plain and "capped" not in cpu.current().describe()
+
+
+def test_cap_environment_holds_openblas_and_aten_to_the_cap(monkeypatch):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    assert cpu.cap_environment() == {}
+    assert cpu.cap_environment("AVX2_VNNI") == {
+        "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    }
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx512_core_bf16")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")  # set by the user: kept
+    assert cpu.cap_environment() == {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+        "OPENBLAS_CORETYPE": "Zen",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    }
+
+
+@pytest.mark.skipif("avx512f" not in cpu._read().flags, reason="needs a CPU with AVX-512 to cap")
+def test_tensorflow_obeys_the_cap_it_is_described_by():
+    """The cap is real: TensorFlow's oneDNN convolution runs AVX-512 code without it, AVX2 with it."""
+    code = (
+        "import tensorflow as tf\n"
+        "tf.nn.conv2d(tf.ones([16, 35, 35, 96]), tf.ones([3, 3, 96, 96]), 1, 'SAME')\n"
+        "from keras_inception.core import cpu\n"
+        "print('CPU:', cpu.current().describe())\n"
+    )
+
+    def run(**cap):
+        env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+        env.update(ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3", **cap)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        lines = out.stdout.splitlines()
+        kernels = {line.split(",")[6] for line in lines if ",exec,cpu,convolution," in line}
+        return kernels, next(line for line in lines if line.startswith("CPU:"))
+
+    kernels, described = run()
+    assert any("avx512" in k for k in kernels) and "capped" not in described
+    kernels, described = run(ONEDNN_MAX_CPU_ISA="AVX2")
+    assert kernels and all(k.endswith(":avx2") for k in kernels), kernels
+    assert described.endswith("instruction set capped at AVX2 by ONEDNN_MAX_CPU_ISA")
+    assert "avx512" not in described.split("(")[-1]

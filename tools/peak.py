@@ -79,6 +79,20 @@ def worker(library: str, precision: str, n: int, seconds: float) -> float:
     return 2 * n**3 / fastest_call(call, seconds) / 1e9
 
 
+def measurable(info) -> tuple[tuple[str, ...], str | None]:
+    """The precisions to measure on ``info`` (a keras_inception.core.cpu.CPU), and a line saying
+    why bfloat16 is not among them, or None. Under ONEDNN_MAX_CPU_ISA below the CPU's bfloat16
+    units, TensorFlow still sees the units and hands bfloat16 matmuls to oneDNN, which has no
+    kernel for them: the process aborts. bfloat16 is not the default there anyway (core.cpu)."""
+    if info.isa_cap and not info.bfloat16:
+        why = (
+            f"bfloat16 not measured: under ONEDNN_MAX_CPU_ISA={info.isa_cap} TensorFlow's bfloat16 "
+            "matmul aborts (the cap hides the CPU's bfloat16 units from oneDNN, not from TensorFlow)"
+        )
+        return ("float32",), why
+    return tuple(PRECISIONS), None
+
+
 def measure(
     sizes: list[int], seconds: float, precisions=tuple(PRECISIONS), flags: frozenset[str] | None = None
 ) -> dict:
@@ -91,8 +105,15 @@ def measure(
             for n in sizes:
                 command = [sys.executable, __file__, "worker", library, precision, str(n)]
                 command += ["--seconds", str(seconds)]
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                rows.append({"library": library, "size": n, "gflops": float(out.strip().splitlines()[-1])})
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+                    raise SystemExit(
+                        f"peak.py: the {library} {precision} {n}x{n} worker failed ({how}): {last}"
+                    )
+                gflops = float(done.stdout.strip().splitlines()[-1])
+                rows.append({"library": library, "size": n, "gflops": gflops})
         result[precision] = {"gflops": max(r["gflops"] for r in rows), "rows": rows}
     if flags is not None:
         vector_bfloat16(result, flags)
@@ -159,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from keras_inception.core import cpu
 
-    result = json.dumps(measure(args.sizes, args.seconds, flags=cpu.current().flags), indent=1)
+    os.environ.update(cpu.cap_environment())  # the workers' NumPy obeys ONEDNN_MAX_CPU_ISA too
+    precisions, why = measurable(cpu.current())
+    if why:
+        print(why, file=sys.stderr)
+    result = measure(args.sizes, args.seconds, precisions, flags=cpu.current().flags)
+    result = json.dumps(result, indent=1)
     print(result)
     if args.output:
         with open(args.output, "w") as f:

@@ -10,6 +10,13 @@ a few lines instead of a dependency (py-cpuinfo runs CPUID through generated mac
 and a subprocess, for the same flags Linux already lists). ``KERAS_INCEPTION_CPUINFO``
 names another cpuinfo file (a test, or a machine described by a file).
 
+oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_MAX_CPU_ISA``),
+which TensorFlow's and PyTorch's CPU kernels obey, is honoured: ``ONEDNN_MAX_CPU_ISA=AVX2`` on an
+AMX Xeon gives the flags, and so the default precision, of an AVX2-only CPU, and
+:meth:`CPU.describe` says so. :func:`cap_environment` gives the variables that hold NumPy's
+OpenBLAS and PyTorch's own kernels to the same cap (tools/benchmark.py and tools/peak.py pass
+them to their workers), so that one machine can measure what an older CPU's instruction set does.
+
 bfloat16 is the default where the CPU computes it in hardware: Intel's AMX (``amx_bf16``),
 AVX512_BF16 (``avx512_bf16``: AMD Zen 4, Intel Cooper Lake and later) or Arm's BF16
 (``bf16``). Elsewhere it is emulated (converted to float32 around every kernel) and slower:
@@ -36,12 +43,47 @@ RELEVANT = (
 )
 BFLOAT16_UNITS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512_BF16", "bf16": "Arm BF16"}  # best first
 
+# oneDNN's x86 instruction-set levels, lowest first, with the cpuinfo flags each one adds (its
+# aliases: AVX10_1_512 is AVX512_CORE_FP16, AVX10_1_512_AMX is AVX512_CORE_AMX)
+ISA_LEVELS: dict[str, tuple[str, ...]] = {
+    "SSE41": (),
+    "AVX": ("avx",),
+    "AVX2": ("avx2", "fma"),
+    "AVX2_VNNI": ("avx_vnni",),
+    "AVX2_VNNI_2": ("avx_vnni_int8", "avx_ne_convert"),
+    "AVX512_CORE": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"),
+    "AVX512_CORE_VNNI": ("avx512_vnni",),
+    "AVX512_CORE_BF16": ("avx512_bf16",),
+    "AVX512_CORE_FP16": ("avx512_fp16",),
+    "AVX512_CORE_AMX": ("amx_bf16", "amx_int8", "amx_tile"),
+    "AVX512_CORE_AMX_FP16": ("amx_fp16",),
+}
+ISA_ALIASES = {
+    "AVX10_1_512": "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX": "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16",
+}
+# what holds OpenBLAS (NumPy) and PyTorch's ATen kernels to a cap: (OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY)
+_CAP_LIBRARIES = {
+    "AVX": ("Sandybridge", "default"),
+    "AVX2": ("Haswell", "avx2"),
+    "AVX512_CORE": ("SkylakeX", "avx512"),
+}
+
+
+def _level(name: str | None) -> str | None:
+    """oneDNN's level ``name`` (any case, aliases resolved), or None (ALL, DEFAULT, unknown)."""
+    name = (name or "").upper()
+    name = ISA_ALIASES.get(name, name)
+    return name if name in ISA_LEVELS else None
+
 
 @dataclasses.dataclass(frozen=True)
 class CPU:
     model: str
     flags: frozenset[str]
     vendor: str = ""  # x86's vendor_id (AuthenticAMD, GenuineIntel), else empty
+    isa_cap: str = ""  # the ONEDNN_MAX_CPU_ISA level that removed flags, else empty
 
     def relevant_flags(self) -> list[str]:
         """The flags of :data:`RELEVANT` this CPU has, in that order."""
@@ -54,7 +96,21 @@ class CPU:
 
     def describe(self) -> str:
         """One line for a report: the model and its relevant flags."""
-        return f"{self.model} ({' '.join(self.relevant_flags()) or 'no flags read'})"
+        line = f"{self.model} ({' '.join(self.relevant_flags()) or 'no flags read'})"
+        return line + (
+            f", instruction set capped at {self.isa_cap} by ONEDNN_MAX_CPU_ISA" if self.isa_cap else ""
+        )
+
+    def capped(self, level: str | None) -> CPU:
+        """This CPU as oneDNN sees it under ``ONEDNN_MAX_CPU_ISA=level``: the flags of the levels
+        above it removed. ``None``, ``ALL``, ``DEFAULT`` or an unknown level (oneDNN ignores
+        those) leave it as it is, as does a cap above everything it has."""
+        level = _level(level)
+        if level is None:
+            return self
+        above = list(ISA_LEVELS)[list(ISA_LEVELS).index(level) + 1 :]
+        removed = {flag for name in above for flag in ISA_LEVELS[name]} & self.flags
+        return dataclasses.replace(self, flags=self.flags - removed, isa_cap=level) if removed else self
 
 
 def parse_cpuinfo(text: str) -> CPU:
@@ -89,9 +145,28 @@ def _macos() -> CPU:
     return CPU(model, frozenset(flags))
 
 
-@functools.cache
-def current() -> CPU:
-    """This machine's CPU (read once)."""
+def isa_cap() -> str | None:
+    """The instruction-set cap oneDNN obeys in this process (``ONEDNN_MAX_CPU_ISA``, else
+    ``DNNL_MAX_CPU_ISA``), or None."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def cap_environment(level: str | None = None) -> dict[str, str]:
+    """Environment variables that hold NumPy's OpenBLAS and PyTorch's ATen kernels to oneDNN's
+    cap (default: this process's, :func:`isa_cap`), for a worker process; empty without a cap.
+    Variables already set are kept."""
+    level = _level(level or isa_cap())
+    if level is None:
+        return {}
+    below = [name for name in list(ISA_LEVELS)[: list(ISA_LEVELS).index(level) + 1] if name in _CAP_LIBRARIES]
+    if not below:
+        return {}
+    coretype, aten = _CAP_LIBRARIES[below[-1]]
+    env = {"ONEDNN_MAX_CPU_ISA": level, "OPENBLAS_CORETYPE": coretype, "ATEN_CPU_CAPABILITY": aten}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def _read() -> CPU:
     path = os.environ.get("KERAS_INCEPTION_CPUINFO", CPUINFO)
     try:
         with open(path) as f:
@@ -101,6 +176,12 @@ def current() -> CPU:
     if platform.system() == "Darwin":
         return _macos()
     return CPU(platform.processor() or platform.machine() or "unknown", frozenset())
+
+
+@functools.cache
+def current() -> CPU:
+    """This machine's CPU (read once), as oneDNN's instruction-set cap leaves it."""
+    return _read().capped(isa_cap())
 
 
 def default_precision(info: CPU | None = None) -> str:
