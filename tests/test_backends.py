@@ -303,7 +303,8 @@ def _command(backend: str, *args: str, **popen) -> subprocess.CompletedProcess |
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run, JAX slow
+@pytest.mark.slow  # 43 s; the default run resumes the CLI on TensorFlow and train() on PyTorch, bit-exact
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_cli_finetune_killed_and_resumed_on_backend(backend, tmp_path):
     """``keras-inception finetune`` on this backend, SIGKILLed in its second phase: the rerun of
     the same command says it resumes in phase 2, keeps the committed epoch and finishes the run.

@@ -73,6 +73,32 @@ def test_benchmark_runs_a_tiny_configuration(tmp_path):
     assert "## Where the time goes" in text
 
 
+def test_benchmark_times_the_other_residual_form(tmp_path, monkeypatch):
+    """--residual-scale: Inception-ResNet's folded form at batch 1 with the residual scale the other
+    way than predict runs it (kept apart under an AVX2 cap, so: folded), the same function."""
+    from keras_inception.deploy import folding
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cpu.current.cache_clear()
+    monkeypatch.setattr(cpu, "_warned", set())
+    try:
+        assert not folding.residual_scale_folds(1)  # capped at AVX2 (or an AVX2 CPU): kept apart at batch 1
+        capped = bool(cpu.current().isa_cap)  # not on a CPU that has nothing above AVX2
+        out = tmp_path / "bench.md"
+        options = (
+            "--models inception_resnet_v2 --width 0.25 --depths 1 1 1 --batch-sizes 1 --precisions float32"
+        )
+        options += " --xla off --repeats 1 --peak-sizes 128 --peak-seconds 0.1 --image-size 75 --skip-deploy"
+        options += " --peers --train-batch-sizes --sizes --scaling-models --profile-models --residual-scale"
+        assert _load_tool("benchmark").main([*options.split(), "--output", str(out)]) == 0
+    finally:
+        cpu.current.cache_clear()
+    rows = {r["path"]: r for r in json.loads((tmp_path / "bench.json").read_text())["inference"]}
+    assert set(rows) == {"Keras float32", "Keras float32 folded", "Keras float32 folded, scale folded"}
+    assert rows["Keras float32 folded, scale folded"]["cosine"] > 0.999999
+    assert ("capped at AVX2 by ONEDNN_MAX_CPU_ISA" in out.read_text()) == capped
+
+
 @pytest.mark.slow  # two training processes (about 50 s on 2 cores); the tiny run above trains once
 def test_benchmark_training_alone_in_rounds(tmp_path):
     """--batch-sizes with no value: no inference rows or sections; a training case in 2 rounds."""
@@ -111,6 +137,38 @@ def test_peak_theory_by_cpu_flags():
     assert (theory["float32"], theory["bfloat16"]) == (160.0, 320.0)
 
 
+def test_peak_under_an_isa_cap_leaves_bfloat16_out_and_says_why():
+    """TensorFlow's bfloat16 matmul aborts under ONEDNN_MAX_CPU_ISA below the bfloat16 units."""
+    peak = _load_tool("peak")
+    amx = cpu.CPU("Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}))
+    assert peak.measurable(amx) == (("float32", "bfloat16"), None)
+    assert peak.measurable(amx.capped("AVX512_CORE_BF16")) == (("float32", "bfloat16"), None)
+    assert peak.measurable(amx.capped("AVX2")) == (
+        ("float32",),
+        "bfloat16 not measured: under ONEDNN_MAX_CPU_ISA=AVX2 TensorFlow's bfloat16 matmul aborts "
+        "(the cap hides the CPU's bfloat16 units from oneDNN, not from TensorFlow)",
+    )
+    benchmark = _load_tool("benchmark")
+    theory = {"flop_per_cycle_per_core": {"float32": 32, "bfloat16": 32}, "cores": 2, "mhz": 2000.0}
+    theory |= {"float32": 128.0, "bfloat16": 128.0}
+    rows = {"float32": [{"library": "tf", "size": 1024, "gflops": 120.0}]}
+    (line,) = benchmark.peak_lines({"float32": 120.0, "rows": rows, "theoretical": theory})
+    assert (
+        "float32 120.0 GFLOP/s (tf 1024x1024); the fastest call" in line
+        and "bfloat16" not in line.split("Theoretical")[1]
+    )
+
+
+def test_a_failed_peak_worker_is_named_in_one_line():
+    peak = _load_tool("peak")
+    with pytest.raises(SystemExit) as failed:
+        peak.measure([-1], 0.1, ("float32",))
+    assert str(failed.value) == (
+        "peak.py: the numpy float32 -1x-1 worker failed (exit 1): "
+        "ValueError: negative dimensions are not allowed"
+    )
+
+
 def test_vector_bfloat16_is_at_least_twice_float32_without_amx():
     """On AVX512_BF16 without AMX the bfloat16 limit is max(its GEMM, 2 x float32's); with AMX
     or without AVX512_BF16 it is the bfloat16 GEMM measured; the report says which."""
@@ -140,17 +198,19 @@ def test_vector_bfloat16_is_at_least_twice_float32_without_amx():
     )
 
 
-def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatch):
+@pytest.mark.parametrize("measured", [("float32", "bfloat16"), ("float32",)], ids=["both", "capped"])
+def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatch, measured):
     """No share above 100%: a row faster than the peak makes the tool measure the peak again,
-    and if the row still beats it, the report says so and the run fails."""
+    and if the row still beats it, the report says so and the run fails. Under an ISA cap the
+    peak has float32 alone (tools/peak.py's measurable)."""
     benchmark = _load_tool("benchmark")
     peaks = []
 
     def machine_peak(args):
         peaks.append(len(peaks))
-        rows = {p: [{"library": "tf", "size": 64, "gflops": 10.0}] for p in ("float32", "bfloat16")}
+        rows = {p: [{"library": "tf", "size": 64, "gflops": 10.0}] for p in measured}
         theory = {"flop_per_cycle_per_core": {"float32": 32, "bfloat16": 64}, "cores": 2, "mhz": 2500.0}
-        return {"float32": 10.0, "bfloat16": 10.0, "rows": rows, "theoretical": {**theory, "float32": 160.0,
+        return {**{p: 10.0 for p in measured}, "rows": rows, "theoretical": {**theory, "float32": 160.0,
                 "bfloat16": 320.0}}  # fmt: skip
 
     def inference_rows(args, name, skipped):
@@ -170,7 +230,8 @@ def test_a_row_above_the_peak_remeasures_it_then_is_flagged(tmp_path, monkeypatc
     text = out.read_text()
     assert "measured again after them: inception_v3 Keras float32 batch 1." in text
     assert "| inception_v3 | LiteRT int8 | 1 | 1.00 (1.00-1.00) | 50.0 | - |" in text  # int8: no share
-    assert "x 2 cores: float32 160.0 GFLOP/s (32 FLOP/cycle/core; measured: 6%), bfloat16 320.0" in text
+    theory = "x 2 cores: float32 160.0 GFLOP/s (32 FLOP/cycle/core; measured: 6%)"
+    assert theory + (", bfloat16 320.0" if "bfloat16" in measured else " (FLOP/cycle as") in text
 
     # a long run split: --append keeps the other models' rows and the recorded peak
     options = options.replace("inception_v3", "inception_v4")

@@ -43,7 +43,7 @@ def images(size: int, n: int = 2, channels: int = 3, seed: int = 1) -> np.ndarra
 )
 def test_folded_equals_unfolded(family, size, kwargs):
     model = randomize(ki.MODELS[family](weights=None, input_shape=(size, size, 3), **REDUCED, **kwargs))
-    folded = inference.fold_batchnorm(model)
+    folded = inference.fold_batchnorm(model, fold_residual_scale=True)
     x = images(size)
     outputs, folded_outputs = model.predict(x, verbose=0), folded.predict(x, verbose=0)
     for a, b in zip(keras.tree.flatten(outputs), keras.tree.flatten(folded_outputs), strict=True):
@@ -72,6 +72,62 @@ def test_folded_equals_unfolded(family, size, kwargs):
     ours, theirs = ki.feature_extractor(folded, names), ki.feature_extractor(model, names)
     for a, b in zip(theirs.predict(x, verbose=0), ours.predict(x, verbose=0), strict=True):
         assert relative(a, b) < 1e-5
+
+
+def test_residual_scale_kept_where_the_fused_sum_is_slow(monkeypatch):
+    """``fold_residual_scale=False``: the BatchNorms fold, the residual scales stay in their
+    ScaleSums, the outputs are the same. It is the faster form at batch 1 on TensorFlow without
+    AVX-512 (here: oneDNN capped at AVX2), and only there."""
+    from keras_inception.core import cpu
+
+    model = randomize(ki.InceptionResNetV2(weights=None, input_shape=(75, 75, 3), **REDUCED, classes=5))
+    kept = inference.fold_batchnorm(model, fold_residual_scale=False)
+    assert not batchnorms(kept)
+    sums = [x for x in model.layers if isinstance(x, ScaleSum) and x.scale != 1.0]  # the last Block8: 1
+    assert sums
+    for layer in sums:
+        up = layer.name.removesuffix("ScaleSum") + "Conv2d_1x1"
+        assert kept.get_layer(layer.name).scale == layer.scale
+        for w, w0 in zip(kept.get_layer(up).get_weights(), model.get_layer(up).get_weights(), strict=True):
+            np.testing.assert_array_equal(w, w0)
+    x = images(75)
+    folded = inference.fold_batchnorm(model)
+    assert {folded.get_layer(x.name).scale for x in sums} == {1.0}  # the default folds everything
+    assert relative(model.predict(x, verbose=0), kept.predict(x, verbose=0)) < 1e-5
+    assert relative(folded.predict(x, verbose=0), kept.predict(x, verbose=0)) < 1e-5
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cpu.current.cache_clear()
+    try:
+        assert [inference.residual_scale_folds(b) for b in (1, 2, 16, None)] == [False, True, True, True]
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # no fused sum there
+        assert inference.residual_scale_folds(1)
+    finally:
+        monkeypatch.undo()
+        cpu.current.cache_clear()
+    if "avx512f" in cpu.current().flags:
+        assert inference.residual_scale_folds(1)
+
+
+def test_predict_runs_batch_ones_form_for_one_image_at_a_time(tmp_path, monkeypatch):
+    from keras_inception.core import cpu
+
+    asked = []
+    monkeypatch.setattr(inference, "fold_batchnorm", lambda model, scale=True: asked.append(scale) or model)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cpu.current.cache_clear()
+    try:
+        model = ki.InceptionV3(weights=None, input_shape=(75, 75, 3), **REDUCED, classes=5)
+        paths = []
+        for i in range(2):
+            paths.append(str(tmp_path / f"{i}.png"))
+            Image.fromarray(np.full((80, 80, 3), 40 * i, np.uint8)).save(paths[-1])
+        predict.classify(model, paths[:1])
+        predict.classify(model, paths, batch_size=1)
+        predict.classify(model, paths)
+    finally:
+        cpu.current.cache_clear()
+    assert asked == [False, False, True]
 
 
 def test_nested_model_class_names_adapted_input_and_keras_round_trip(tmp_path):
@@ -184,7 +240,9 @@ def tiny():
 def folds(monkeypatch):
     """The models :func:`inference.fold_batchnorm` made during the test."""
     made, fold = [], inference.fold_batchnorm
-    monkeypatch.setattr(inference, "fold_batchnorm", lambda model: made.append(fold(model)) or made[-1])
+    monkeypatch.setattr(
+        inference, "fold_batchnorm", lambda model, *scale: made.append(fold(model, *scale)) or made[-1]
+    )
     return made
 
 

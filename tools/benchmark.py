@@ -16,6 +16,9 @@ per precision (tools/peak.py: several sizes, each in its own process, the best c
 the CPU's theoretical one; a row's share is of its precision's limit (int8 and float16 rows
 have none). A row faster than the limit makes the run measure it again, then flag the row and
 exit 1. mixed_bfloat16 runs by default only where the CPU computes bfloat16 in hardware.
+Under oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 machine: what an
+AVX2-only CPU's kernels do) the report says so, and timm and the peak's workers run under the
+same cap (core.cpu.cap_environment: OpenBLAS's core type, PyTorch's ATen capability).
 Speed is never asserted in tests; tests/test_benchmark*.py run tiny configurations.
 With --backend or --device, tools/gpu_benchmark.py runs instead (Keras on JAX / PyTorch beside
 timm, on a GPU; docs/gpu.md).
@@ -101,7 +104,10 @@ def machine_peak(args) -> dict:
             measured = json.load(f)
         args.peak = None  # measured again, if a row beats it
     else:
-        measured = peak_tool()["measure"](args.peak_sizes, args.peak_seconds, flags=info.flags)
+        precisions, why = peak_tool()["measurable"](info)
+        if why:
+            print(why, flush=True)
+        measured = peak_tool()["measure"](args.peak_sizes, args.peak_seconds, precisions, flags=info.flags)
     return {
         "cpu": info.model,
         "flags": info.relevant_flags(),
@@ -227,14 +233,23 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         if model is not fp32:
             model.set_weights(fp32.get_weights())
         folded = inference.fold_batchnorm(model)  # the inference form predict and export run
-        forms = [("", model), (" folded", folded)]
+        forms = [("", model, ()), (" folded", folded, ())]  # (name, network, batches: () for all)
         if args.fuse_pointwise:  # a candidate inference-form transform, timed beside the others
-            forms.append((" folded 1x1-fused", pointwise.fuse_pointwise(folded)))
-        for form, net in forms:
+            forms.append((" folded 1x1-fused", pointwise.fuse_pointwise(folded), ()))
+        if name.startswith("inception_resnet"):  # batch 1 without AVX-512 keeps the scale (deploy.folding)
+            kept_at = tuple(b for b in args.batch_sizes if not inference.residual_scale_folds(b))
+            folded_at = tuple(b for b in args.batch_sizes if b not in kept_at)
+            kept = inference.fold_batchnorm(model, fold_residual_scale=False)
+            forms[1:2] = [(" folded", net, at) for net, at in ((folded, folded_at), (kept, kept_at)) if at]
+            if args.residual_scale:  # each batch's other form
+                other = ((" folded, scale kept", kept, folded_at), (" folded, scale folded", folded, kept_at))
+                forms += [form for form in other if form[2]]
+        for form, net, batches in forms:
             agree = cosine(reference, net(probe, training=False))
             for xla in args.xla:
                 path = f"Keras {policy}{form}" + (" XLA" if xla else "")
-                cases.append(Case(path, policy_precision(policy), keras_call(net, size, xla), agree))
+                call = keras_call(net, size, xla)
+                cases.append(Case(path, policy_precision(policy), call, agree, batches=batches))
         if args.frozen:  # the folded form with its weights as constants (keras_inception.deploy.frozen)
             run = frozen.frozen_call(folded)
             path = f"Keras {policy} folded frozen"
@@ -546,7 +561,12 @@ OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (fi
     "bfloat16": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16"),
     "int8": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16", "Keras float32"),
 }
-ALSO_OURS = ("Keras float32 folded frozen", "Keras float32 folded 1x1-fused")  # each its own pair
+ALSO_OURS = (  # each its own pair
+    "Keras float32 folded frozen",
+    "Keras float32 folded 1x1-fused",
+    "Keras float32 folded, scale kept",
+    "Keras float32 folded, scale folded",
+)
 
 
 def share(r: dict, peak: dict) -> str:
@@ -608,6 +628,7 @@ def peak_lines(peak: dict) -> list[str]:
             + ", ".join(
                 f"{p} {theory[p]:.1f} GFLOP/s ({per[p]} FLOP/cycle/core; measured: {peak[p] / theory[p]:.0%})"
                 for p in per
+                if p in peak  # bfloat16 is not measured under an ISA cap that hides it (tools/peak.py)
             )
             + " (FLOP/cycle as tools/peak.py assumes them; a core that boosts above the reported clock "
             "can beat it)."
@@ -901,6 +922,13 @@ def parser() -> argparse.ArgumentParser:
         help="also time the inference form with sibling 1x1 convolutions fused (deploy.pointwise)",
     )
     p.add_argument(
+        "--residual-scale",
+        action="store_true",
+        help="also time Inception-ResNet's folded form with its residual scale the other way than "
+        "predict runs it at each batch (folded, but kept apart at batch 1 on TensorFlow without AVX-512; "
+        "deploy.folding)",
+    )
+    p.add_argument(
         "--frozen",
         action="store_true",
         help="also time the folded form with its weights as constants (keras_inception.deploy.frozen)",
@@ -922,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.train_rounds < 1:
         p.error(f"--train-rounds must be at least 1, got {args.train_rounds}")
+    os.environ.update(cpu.cap_environment())  # ONEDNN_MAX_CPU_ISA: timm and the peak's workers obey it too
     if args.train_worker:
         name, batch, policy = args.train_worker
         print(
@@ -959,8 +988,8 @@ def main(argv: list[str] | None = None) -> int:
         scaling += scaling_rows(args, name)
     if over := over_peak(inference + profile, peak):  # a peak measured in a noisy moment: again, once
         again = machine_peak(args)
-        for p in ("float32", "bfloat16"):
-            if again[p] > peak[p]:
+        for p in again["rows"]:  # the precisions measured (no bfloat16 under an ISA cap that hides it)
+            if again[p] > peak.get(p, 0):
                 peak[p], peak["rows"][p] = again[p], again["rows"][p]
         over = over_peak(inference + profile, peak)
         peak["exceeded"] = [

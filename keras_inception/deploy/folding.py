@@ -11,6 +11,15 @@ layer is gone. Inception-ResNet's residual scale folds the same way: ``x + scale
 becomes ``x + up'(h)`` with ``up``'s kernel and bias times ``scale``, and the
 :class:`~keras_inception.nn.layers.ScaleSum` keeps its name with scale 1 (a plain sum).
 The folded model is for inference only: it has no batch statistics to train.
+
+Where the residual scale goes is the one choice that follows the machine and the batch
+(``fold_residual_scale``; :func:`residual_scale_folds`). Folded, TensorFlow fuses the plain sum
+and the ReLU after it into the projection (oneDNN's ``sum`` post-op): faster with AVX-512, and at
+batch 2 and up with AVX2 alone; but at batch 1 with AVX2 alone oneDNN runs the projection as a
+GEMM convolution that applies that post-op slowly (1.4-2.2x slower per projection). There,
+keeping the scale in the :class:`~keras_inception.nn.layers.ScaleSum` (a multiply the convolution
+does not fuse) made Inception-ResNet-v2 1.13-1.22x faster (docs/cpu.md). ``predict`` and ``evaluate``
+ask for batch 1's form when they run one image at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_inception.core import cpu
 from keras_inception.nn.layers import ScaleSum, end_points
 
 CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)  # kernel [..., in, out]
@@ -83,6 +93,17 @@ def _graph(model: keras.Model) -> keras.Model | None:
             return None
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     return model if getattr(model, "inputs", None) else None  # a subclassed model has none
+
+
+def residual_scale_folds(batch_size: int | None = None) -> bool:
+    """Whether Inception-ResNet's residual scale should fold for calls of ``batch_size`` images
+    (None: any): always, but at batch 1 on TensorFlow's CPU kernels without AVX-512 (as oneDNN
+    sees the CPU: ``ONEDNN_MAX_CPU_ISA`` counts), where the fused residual sum is slow."""
+    if batch_size != 1 or keras.backend.backend() != "tensorflow" or "avx512f" in cpu.current().flags:
+        return True
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _pairs(model: keras.Model) -> tuple[dict[str, str], dict[str, str]]:
@@ -153,9 +174,11 @@ def _copy(layer: layers.Layer) -> layers.Layer:
     return new
 
 
-def fold_batchnorm(model: keras.Model) -> keras.Model:
+def fold_batchnorm(model: keras.Model, fold_residual_scale: bool = True) -> keras.Model:
     """The inference form of ``model``: a new Functional model, each convolution that feeds
-    only a BatchNorm replaced by one convolution with bias (same name), the BatchNorm removed.
+    only a BatchNorm replaced by one convolution with bias (same name), the BatchNorm removed;
+    with ``fold_residual_scale``, each residual scale folded into its projection too
+    (:func:`residual_scale_folds` says which is faster for a batch size on this machine).
 
     Every other layer is a copy (config and weights); nested models are folded in turn.
     A folded convolution keeps its name, so the folded model's end points
@@ -167,14 +190,16 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     if graph is None:
         return model
     pairs, sums = _pairs(graph)
-    if not (pairs or sums) and not any(isinstance(x, keras.Model) and _foldable(x) for x in graph.layers):
+    sums = sums if fold_residual_scale else {}
+    nested = [x for x in graph.layers if isinstance(x, keras.Model) and _foldable(x)]
+    if not (pairs or sums or nested):
         return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
     scales = {conv: graph.get_layer(name).scale for name, conv in sums.items()}
 
     def clone(layer):
         if isinstance(layer, keras.Model):
-            folded = fold_batchnorm(layer)
+            folded = fold_batchnorm(layer, fold_residual_scale)
             return _copy(layer) if folded is layer else folded
         if layer.name in pairs:
             return _Removed()

@@ -89,8 +89,9 @@ def classify(
         else:
             failures.append((path, "no image files in directory"))
     names = None if class_names is None else list(class_names)
-    if fold_batchnorm and files:
-        model = inference.fold_batchnorm(model)
+    if fold_batchnorm and files:  # one image a call: batch 1's form (the residual scale, deploy.folding)
+        batch = 1 if batch_size == 1 or len(files) == 1 else None
+        model = inference.fold_batchnorm(model, inference.residual_scale_folds(batch))
     for batch_paths, images in _batches(files, size, batch_size, failures):
         scores = model.predict(images, batch_size=batch_size, verbose=0)
         if isinstance(scores, (list, tuple)):  # a model with an aux head: the main output

@@ -143,9 +143,10 @@ def evaluate(
     offsets = [_class_offset(model, class_names) for model in models]
     for model in models:  # bfloat16 without bfloat16 units: warned once
         cpu.check_precision(model.dtype_policy.name)
-    if fold_batchnorm:
-        models = [inference.fold_batchnorm(model) for model in models]
     per_batch = max(1, batch_size // scheme)  # images per forward pass
+    if fold_batchnorm:
+        scale = inference.residual_scale_folds(per_batch * scheme)  # views per call
+        models = [inference.fold_batchnorm(model, scale) for model in models]
     views = (
         dataset.take(limit or -1)
         .map(
