@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -79,6 +80,9 @@ def test_benchmark_times_the_other_residual_form(tmp_path, monkeypatch):
     from keras_inception.deploy import folding
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(
+        folding, "tensorflow_onednn", lambda: True
+    )  # as on this kind of machine (cap or AVX-VNNI)
     cpu.current.cache_clear()
     monkeypatch.setattr(cpu, "_warned", set())
     try:
@@ -88,9 +92,14 @@ def test_benchmark_times_the_other_residual_form(tmp_path, monkeypatch):
         options = (
             "--models inception_resnet_v2 --width 0.25 --depths 1 1 1 --batch-sizes 1 --precisions float32"
         )
-        options += " --xla off --repeats 1 --peak-sizes 128 --peak-seconds 0.1 --image-size 75 --skip-deploy"
+        peak = tmp_path / "peak.json"  # a recorded peak: no peak processes to start
+        peak.write_text(
+            json.dumps({"float32": {"gflops": 1e6, "rows": [{"library": "tf", "size": 128, "gflops": 1e6}]}})
+        )
+        options += f" --xla off --repeats 1 --peak {peak} --image-size 75 --skip-deploy"
         options += " --peers --train-batch-sizes --sizes --scaling-models --profile-models --residual-scale"
-        assert _load_tool("benchmark").main([*options.split(), "--output", str(out)]) == 0
+        with mock.patch.dict(os.environ):  # the tool sets the cap's OpenBLAS and ATen variables
+            assert _load_tool("benchmark").main([*options.split(), "--output", str(out)]) == 0
     finally:
         cpu.current.cache_clear()
     rows = {r["path"]: r for r in json.loads((tmp_path / "bench.json").read_text())["inference"]}
@@ -157,6 +166,10 @@ def test_peak_under_an_isa_cap_leaves_bfloat16_out_and_says_why():
         "float32 120.0 GFLOP/s (tf 1024x1024); the fastest call" in line
         and "bfloat16" not in line.split("Theoretical")[1]
     )
+    assert "at least twice" not in line  # the bfloat16 sentence only with a bfloat16 peak
+    peak = {"float32": 120.0, "rows": rows, "theoretical": theory, "remeasured": True}
+    (again,) = benchmark.peak_lines(peak)
+    assert again.endswith("Measured again after a row beat the first measurement; no row beats this one.")
 
 
 def test_a_failed_peak_worker_is_named_in_one_line():

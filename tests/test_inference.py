@@ -97,9 +97,14 @@ def test_residual_scale_kept_where_the_fused_sum_is_slow(monkeypatch):
     assert relative(folded.predict(x, verbose=0), kept.predict(x, verbose=0)) < 1e-5
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    # TensorFlow's kernels are oneDNN's (an AVX2 CPU without VNNI runs them with TF_ENABLE_ONEDNN_OPTS=1)
+    monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
     cpu.current.cache_clear()
     try:
         assert [inference.residual_scale_folds(b) for b in (1, 2, 16, None)] == [False, True, True, True]
+        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: False)  # Eigen's kernels: folded
+        assert inference.residual_scale_folds(1)
+        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
         monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # no fused sum there
         assert inference.residual_scale_folds(1)
     finally:
@@ -114,6 +119,7 @@ def test_predict_runs_batch_ones_form_for_one_image_at_a_time(tmp_path, monkeypa
 
     asked = []
     monkeypatch.setattr(inference, "fold_batchnorm", lambda model, scale=True: asked.append(scale) or model)
+    monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     cpu.current.cache_clear()
     try:

@@ -102,7 +102,8 @@ def machine_peak(args) -> dict:
     if args.peak:
         with open(args.peak) as f:
             measured = json.load(f)
-        args.peak = None  # measured again, if a row beats it
+        args.peak = None  # measured again, if a row beats it: at the file's sizes
+        args.peak_sizes = sorted({r["size"] for m in measured.values() for r in m["rows"]})
     else:
         precisions, why = peak_tool()["measurable"](info)
         if why:
@@ -232,14 +233,18 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         model = fp32 if policy == "float32" else build(name, size, policy, **shape(args))
         if model is not fp32:
             model.set_weights(fp32.get_weights())
-        folded = inference.fold_batchnorm(model)  # the inference form predict and export run
+        folded = inference.fold_batchnorm(model)  # the inference form export runs, and predict but at batch 1
         forms = [("", model, ()), (" folded", folded, ())]  # (name, network, batches: () for all)
         if args.fuse_pointwise:  # a candidate inference-form transform, timed beside the others
             forms.append((" folded 1x1-fused", pointwise.fuse_pointwise(folded), ()))
         if name.startswith("inception_resnet"):  # batch 1 without AVX-512 keeps the scale (deploy.folding)
             kept_at = tuple(b for b in args.batch_sizes if not inference.residual_scale_folds(b))
             folded_at = tuple(b for b in args.batch_sizes if b not in kept_at)
-            kept = inference.fold_batchnorm(model, fold_residual_scale=False)
+            kept = (
+                inference.fold_batchnorm(model, fold_residual_scale=False)
+                if kept_at or args.residual_scale
+                else None
+            )
             forms[1:2] = [(" folded", net, at) for net, at in ((folded, folded_at), (kept, kept_at)) if at]
             if args.residual_scale:  # each batch's other form
                 other = ((" folded, scale kept", kept, folded_at), (" folded, scale folded", folded, kept_at))
@@ -548,7 +553,10 @@ def profile_rows(args, name: str, batch: int = 16) -> list[dict]:
 def machine() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     accelerator = f"{len(gpus)} GPU" if gpus else "no GPU"
-    versions = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    onednn = (
+        "on" if inference.tensorflow_onednn() else "off (its Eigen kernels)"
+    )  # TF_ENABLE_ONEDNN_OPTS, the CPU
+    versions = f"TensorFlow {tf.__version__} (oneDNN {onednn}), Keras {keras.__version__}"
     return f"{cpu.current().describe()}, {os.cpu_count()} cores, {accelerator}, {versions}"
 
 
@@ -572,8 +580,8 @@ ALSO_OURS = (  # each its own pair
 def share(r: dict, peak: dict) -> str:
     """Share of the matmul peak of the row's precision (float32 and bfloat16; int8 and
     float16 rows have no measured peak, so no share)."""
-    if r["precision"] not in ("float32", "bfloat16"):
-        return "-"
+    if r["precision"] not in ("float32", "bfloat16") or r["precision"] not in peak:
+        return "-"  # (no bfloat16 peak under an ISA cap that hides the bfloat16 units)
     return f"{r['gflops'] / peak[r['precision']]:.0%}"
 
 
@@ -583,6 +591,7 @@ def over_peak(rows: list[dict], peak: dict) -> list[dict]:
         r
         for r in rows
         if r.get("precision", "float32") in ("float32", "bfloat16")
+        and r.get("precision", "float32") in peak
         and r.get("best_gflops", r.get("gflops", 0)) > peak[r.get("precision", "float32")]
     ]
 
@@ -617,9 +626,14 @@ def peak_lines(peak: dict) -> list[str]:
     through = "; ".join(f"{p} through {', '.join(libraries[p])}" for p in libraries)
     lines = [
         f"Machine limit (tools/peak.py): {measured}; the fastest call of n x n matmuls, n in "
-        f"{', '.join(map(str, sizes))}, each size in its own process ({through}); where bfloat16 runs "
-        "on the float32 FMA pipes (AVX512_BF16, no AMX), at least twice the float32 peak. "
-        "Shares are of these.",
+        f"{', '.join(map(str, sizes))}, each size in its own process ({through})"
+        + (
+            "; where bfloat16 runs on the float32 FMA pipes (AVX512_BF16, no AMX), at least twice the "
+            "float32 peak"
+            if "bfloat16" in best
+            else ""
+        )
+        + ". Shares are of these.",
     ]
     if theory["mhz"]:
         per = theory["flop_per_cycle_per_core"]
@@ -636,6 +650,8 @@ def peak_lines(peak: dict) -> list[str]:
     if peak.get("exceeded"):
         over = ", ".join(peak["exceeded"])
         lines[-1] += f" Rows above 100% of the peak, measured again after them: {over}."
+    elif peak.get("remeasured"):
+        lines[-1] += " Measured again after a row beat the first measurement; no row beats this one."
     return lines
 
 
@@ -992,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
             if again[p] > peak.get(p, 0):
                 peak[p], peak["rows"][p] = again[p], again["rows"][p]
         over = over_peak(inference + profile, peak)
+        peak["remeasured"] = True
         peak["exceeded"] = [
             f"{r['model']} {r.get('path') or r['part']} batch {r.get('batch', 16)}" for r in over
         ]

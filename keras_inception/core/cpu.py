@@ -84,6 +84,7 @@ class CPU:
     flags: frozenset[str]
     vendor: str = ""  # x86's vendor_id (AuthenticAMD, GenuineIntel), else empty
     isa_cap: str = ""  # the ONEDNN_MAX_CPU_ISA level that removed flags, else empty
+    cap_by: str = ""  # the variable that set it: ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA
 
     def relevant_flags(self) -> list[str]:
         """The flags of :data:`RELEVANT` this CPU has, in that order."""
@@ -97,11 +98,9 @@ class CPU:
     def describe(self) -> str:
         """One line for a report: the model and its relevant flags."""
         line = f"{self.model} ({' '.join(self.relevant_flags()) or 'no flags read'})"
-        return line + (
-            f", instruction set capped at {self.isa_cap} by ONEDNN_MAX_CPU_ISA" if self.isa_cap else ""
-        )
+        return line + (f", instruction set capped at {self.isa_cap} by {self.cap_by}" if self.isa_cap else "")
 
-    def capped(self, level: str | None) -> CPU:
+    def capped(self, level: str | None, variable: str = "ONEDNN_MAX_CPU_ISA") -> CPU:
         """This CPU as oneDNN sees it under ``ONEDNN_MAX_CPU_ISA=level``: the flags of the levels
         above it removed. ``None``, ``ALL``, ``DEFAULT`` or an unknown level (oneDNN ignores
         those) leave it as it is, as does a cap above everything it has."""
@@ -110,7 +109,9 @@ class CPU:
             return self
         above = list(ISA_LEVELS)[list(ISA_LEVELS).index(level) + 1 :]
         removed = {flag for name in above for flag in ISA_LEVELS[name]} & self.flags
-        return dataclasses.replace(self, flags=self.flags - removed, isa_cap=level) if removed else self
+        if not removed:
+            return self
+        return dataclasses.replace(self, flags=self.flags - removed, isa_cap=level, cap_by=variable)
 
 
 def parse_cpuinfo(text: str) -> CPU:
@@ -153,10 +154,10 @@ def isa_cap() -> str | None:
 
 def cap_environment(level: str | None = None) -> dict[str, str]:
     """Environment variables that hold NumPy's OpenBLAS and PyTorch's ATen kernels to oneDNN's
-    cap (default: this process's, :func:`isa_cap`), for a worker process; empty without a cap.
-    Variables already set are kept."""
+    cap (default: this process's, :func:`isa_cap`), for a worker process; empty without a cap or
+    where the cap removes nothing from this CPU. Variables already set are kept."""
     level = _level(level or isa_cap())
-    if level is None:
+    if level is None or not _read().capped(level).isa_cap:  # no cap, or one that removes nothing
         return {}
     below = [name for name in list(ISA_LEVELS)[: list(ISA_LEVELS).index(level) + 1] if name in _CAP_LIBRARIES]
     if not below:
@@ -181,7 +182,8 @@ def _read() -> CPU:
 @functools.cache
 def current() -> CPU:
     """This machine's CPU (read once), as oneDNN's instruction-set cap leaves it."""
-    return _read().capped(isa_cap())
+    variable = "ONEDNN_MAX_CPU_ISA" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "DNNL_MAX_CPU_ISA"
+    return _read().capped(isa_cap(), variable)
 
 
 def default_precision(info: CPU | None = None) -> str:

@@ -97,13 +97,30 @@ def _graph(model: keras.Model) -> keras.Model | None:
 
 def residual_scale_folds(batch_size: int | None = None) -> bool:
     """Whether Inception-ResNet's residual scale should fold for calls of ``batch_size`` images
-    (None: any): always, but at batch 1 on TensorFlow's CPU kernels without AVX-512 (as oneDNN
-    sees the CPU: ``ONEDNN_MAX_CPU_ISA`` counts), where the fused residual sum is slow."""
-    if batch_size != 1 or keras.backend.backend() != "tensorflow" or "avx512f" in cpu.current().flags:
-        return True
+    (None: any): always, but at batch 1 where TensorFlow runs oneDNN's CPU kernels without
+    AVX-512 (as oneDNN sees the CPU: ``ONEDNN_MAX_CPU_ISA`` counts), where the fused residual sum
+    is slow. TensorFlow turns oneDNN on by itself only on x86 CPUs with AVX512_VNNI, AVX512_BF16,
+    AVX-VNNI or AMX (so of the CPUs without AVX-512: Intel's with AVX-VNNI, Alder Lake and later),
+    and anywhere with ``TF_ENABLE_ONEDNN_OPTS=1``; with TensorFlow's own (Eigen) kernels the
+    scale folds."""
+    flags = cpu.current().flags
+    if (
+        batch_size != 1
+        or keras.backend.backend() != "tensorflow"
+        or "avx2" not in flags
+        or "avx512f" in flags
+    ):
+        return True  # the slow post-op is that of oneDNN's x86 AVX2 GEMM convolution
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(tf.config.list_physical_devices("GPU")) or not tensorflow_onednn()
+
+
+def tensorflow_onednn() -> bool:
+    """Whether TensorFlow runs its CPU kernels through oneDNN in this process."""
+    from tensorflow.python.util import _pywrap_util_port  # no public API says it
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _pairs(model: keras.Model) -> tuple[dict[str, str], dict[str, str]]:
