@@ -17,6 +17,7 @@ from keras_inception.core import cpu
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+@pytest.mark.slow  # 34 s; the default run keeps the tool's peak, report and --residual-scale tests
 def test_benchmark_runs_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench.md"
     code = _load_tool("benchmark").main(

@@ -67,6 +67,7 @@ def test_only_the_hub_module_imports_keras_hub():
         assert "keras_inception.deploy.hub" not in found, path
 
 
+@pytest.mark.slow  # 16 s; the default run saves and reloads a fine-tuned preset in the next test
 def test_classifier_preset_loads_and_fine_tunes(kh, hub, tmp_path):
     model = randomize(ki.InceptionV3(input_shape=(SIZE, SIZE, 3), classes=3, **TINY))
     saved = hub.save_preset(model, str(tmp_path / "v3"), "inception_v3", **TINY)

@@ -136,6 +136,7 @@ def test_tensorflow_modules_name_the_extra_without_tensorflow(tmp_path):
     or importlib.util.find_spec("keras_inception.weights.tf_checkpoint") is None,
     reason="needs the pure-NumPy checkpoint reader keras_inception.weights.tf_checkpoint (issue 23, item 3)",
 )
+@pytest.mark.slow  # 13 s; .ci/run loads weights on JAX without TensorFlow from the installed wheel
 def test_slim_checkpoints_load_under_jax_without_tensorflow(tmp_path):
     variables = random_variables("inception_v3")
     _cache_inception_v3(str(tmp_path / "home"), variables)
