@@ -306,6 +306,7 @@ def _variables(saved_model: str) -> list[str]:
     return [v.name for v in tf.saved_model.load(saved_model).variables]
 
 
+@pytest.mark.slow  # 18 s; tests/test_export.py checks every format's export against the folded model
 def test_export_writes_the_folded_model_unless_told(tiny, tiny_file, tmp_path, capsys):
     folded = export.export_model(tiny, "savedmodel", str(tmp_path / "folded"))
     names = _variables(folded.path)

@@ -198,6 +198,7 @@ def test_bad_downloads_fail_clearly_and_cache_nothing(
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.slow  # 19 s; the default run converts on the command line in the tests beside it
 def test_local_archive_and_cli_convert(v3_checkpoint, v3_variables, tmp_path, capsys):
     prefix, mirror = v3_checkpoint
     archive = str(mirror / V3_ARCHIVE)
