@@ -146,10 +146,18 @@ def _macos() -> CPU:
     return CPU(model, frozenset(flags))
 
 
+CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
+
+
+def _cap_variable() -> str:
+    """The variable that sets oneDNN's cap in this process (the first of :data:`CAP_VARIABLES` set)."""
+    return next((name for name in CAP_VARIABLES if os.environ.get(name)), CAP_VARIABLES[0])
+
+
 def isa_cap() -> str | None:
     """The instruction-set cap oneDNN obeys in this process (``ONEDNN_MAX_CPU_ISA``, else
     ``DNNL_MAX_CPU_ISA``), or None."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+    return os.environ.get(_cap_variable()) or None
 
 
 def cap_environment(level: str | None = None) -> dict[str, str]:
@@ -182,8 +190,7 @@ def _read() -> CPU:
 @functools.cache
 def current() -> CPU:
     """This machine's CPU (read once), as oneDNN's instruction-set cap leaves it."""
-    variable = "ONEDNN_MAX_CPU_ISA" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "DNNL_MAX_CPU_ISA"
-    return _read().capped(isa_cap(), variable)
+    return _read().capped(isa_cap(), _cap_variable())
 
 
 def default_precision(info: CPU | None = None) -> str:

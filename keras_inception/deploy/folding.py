@@ -208,8 +208,7 @@ def fold_batchnorm(model: keras.Model, fold_residual_scale: bool = True) -> kera
         return model
     pairs, sums = _pairs(graph)
     sums = sums if fold_residual_scale else {}
-    nested = [x for x in graph.layers if isinstance(x, keras.Model) and _foldable(x)]
-    if not (pairs or sums or nested):
+    if not (pairs or sums) and not any(isinstance(x, keras.Model) and _foldable(x) for x in graph.layers):
         return model
     convs = {conv: graph.get_layer(bn) for bn, conv in pairs.items()}
     scales = {conv: graph.get_layer(name).scale for name, conv in sums.items()}
