@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# pytest-xdist's workers share the cores, so a worker's OpenMP threads (PyTorch, ONNX Runtime, in
+# its subprocesses too) wait passively: spinning ones lose whole time slices to the other worker
+# (docs/cpu.md, "Threads on a shared or small machine"); PyTorch's backend tests ran 1.6x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
