@@ -173,6 +173,17 @@ def test_peak_under_an_isa_cap_leaves_bfloat16_out_and_says_why():
     assert again.endswith("Measured again after a row beat the first measurement; no row beats this one.")
 
 
+def test_openvino_bfloat16_is_timed_only_with_bfloat16_units():
+    """Without them OpenVINO runs a bfloat16 model in float32; under oneDNN's cap it fails to compile."""
+    benchmark = _load_tool("benchmark")
+    amx = cpu.CPU("Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}))
+    assert benchmark.openvino_precisions(amx) == (["float32", "bfloat16", "int8"], None)
+    assert benchmark.openvino_precisions(amx.capped("AVX2")) == (
+        ["float32", "int8"],
+        "OpenVINO bfloat16: this CPU has no bfloat16 units (OpenVINO would run float32)",
+    )
+
+
 def test_a_failed_peak_worker_is_named_in_one_line():
     peak = _load_tool("peak")
     with pytest.raises(SystemExit) as failed:
