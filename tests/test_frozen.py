@@ -1,7 +1,12 @@
 """The inference call with its weights as constants (keras_inception.deploy.frozen)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
+import pytest
 from conftest import randomize
 
 import keras_inception as ki
@@ -33,3 +38,50 @@ def test_frozen_call_equals_the_model_and_keeps_its_weights_then():
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_batch_one_runs_frozen_where_tensorflow_runs_onednn(monkeypatch):
+    from keras_inception.core import cpu
+
+    monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
+    cpu.current.cache_clear()
+    try:
+        if "avx2" in cpu.current().flags:
+            assert [frozen.freezes(b) for b in (1, 2, 16, None)] == [True, False, False, False]
+        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: False)  # Eigen's kernels: no need
+        assert not frozen.freezes(1)
+        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # no TensorFlow graph to freeze
+        assert not frozen.freezes(1)
+        monkeypatch.undo()
+        monkeypatch.setattr(cpu, "current", lambda: cpu.CPU("Graviton", frozenset({"asimd", "bf16"})))
+        assert not frozen.freezes(1)  # measured on x86's kernels only
+    finally:
+        monkeypatch.undo()
+        cpu.current.cache_clear()
+
+
+def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
+    """Why batch 1 runs frozen (checked by oneDNN's own log): with a variable filter TensorFlow's
+    batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm."""
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "w = np.ones([3, 3, 64, 96], np.float32)\n"
+        "k = tf.Variable(w) if sys.argv[1] == 'variable' else None\n"
+        "f = tf.function(lambda t: tf.nn.conv2d(t, k if k is not None else tf.constant(w), 1, 'SAME'))\n"
+        "f(tf.ones([1, 35, 35, 64]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    env.update(ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="1")
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+
+    def kernels(filter_kind: str) -> set[str]:  # each in its own process: no primitive cache shared
+        cmd = [sys.executable, "-c", code, filter_kind]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return {line.split(",")[6] for line in out.stdout.splitlines() if ",exec,cpu,convolution," in line}
+
+    variable, constant = kernels("variable"), kernels("constant")
+    if not variable:
+        pytest.skip("TensorFlow runs no oneDNN kernels on this CPU")
+    assert variable == {"x64:gemm:jit"} and constant == {"brg_conv_fwd:avx2"}, (variable, constant)
