@@ -40,27 +40,6 @@ def test_frozen_call_equals_the_model_and_keeps_its_weights_then():
     )
 
 
-def test_batch_one_runs_frozen_where_tensorflow_runs_onednn(monkeypatch):
-    from keras_inception.core import cpu
-
-    monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
-    cpu.current.cache_clear()
-    try:
-        if "avx2" in cpu.current().flags:
-            assert [frozen.freezes(b) for b in (1, 2, 16, None)] == [True, False, False, False]
-        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: False)  # Eigen's kernels: no need
-        assert not frozen.freezes(1)
-        monkeypatch.setattr(inference, "tensorflow_onednn", lambda: True)
-        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # no TensorFlow graph to freeze
-        assert not frozen.freezes(1)
-        monkeypatch.undo()
-        monkeypatch.setattr(cpu, "current", lambda: cpu.CPU("Graviton", frozenset({"asimd", "bf16"})))
-        assert not frozen.freezes(1)  # measured on x86's kernels only
-    finally:
-        monkeypatch.undo()
-        cpu.current.cache_clear()
-
-
 def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     """Why batch 1 runs frozen (checked by oneDNN's own log): with a variable filter TensorFlow's
     batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm."""

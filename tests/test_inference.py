@@ -9,7 +9,7 @@ from PIL import Image
 
 import keras_inception as ki
 from keras_inception import cli
-from keras_inception.deploy import export, frozen, predict
+from keras_inception.deploy import export, predict
 from keras_inception.deploy import folding as inference
 from keras_inception.models.base import all_layers
 from keras_inception.nn.layers import AdaptedInput, ClassifierOutput, ScaleSum, output_layers
@@ -128,21 +128,12 @@ def test_predict_runs_batch_ones_form_for_one_image_at_a_time(tmp_path, monkeypa
         for i in range(2):
             paths.append(str(tmp_path / f"{i}.png"))
             Image.fromarray(np.full((80, 80, 3), 40 * i, np.uint8)).save(paths[-1])
-        froze = []
-        freeze = frozen.frozen_call
-        monkeypatch.setattr(frozen, "frozen_call", lambda net, n: froze.append(n) or freeze(net, n))
-        one = predict.classify(model, paths[:1])
-        each = predict.classify(model, paths, batch_size=1)
-        both = predict.classify(model, paths)
-        unfrozen = predict.classify(model, paths, fold_batchnorm=False)  # the model as it is
+        predict.classify(model, paths[:1])
+        predict.classify(model, paths, batch_size=1)
+        predict.classify(model, paths)
     finally:
         cpu.current.cache_clear()
     assert asked == [False, False, True]
-    assert froze == ([1, 1] if "avx2" in cpu.current().flags else [])  # one image a call runs frozen
-    for got in (one, each, both):  # the same classes, the same scores to float32 rounding
-        for (path, top), (path_, top_) in zip(got[0], unfrozen[0], strict=False):
-            assert path == path_ and [n for n, _ in top] == [n for n, _ in top_]
-            np.testing.assert_allclose([p for _, p in top], [p for _, p in top_], rtol=1e-4, atol=1e-6)
 
 
 def test_nested_model_class_names_adapted_input_and_keras_round_trip(tmp_path):
@@ -284,8 +275,6 @@ def test_evaluate_runs_the_folded_models_unless_told(tiny, folds):
     unfolded = evaluation.evaluate([tiny], data, ["a", "b", "c"], scheme=1, size=75, fold_batchnorm=False)
     assert len(folds) == 2
     assert (folded.top1_error, folded.top5_error) == (unfolded.top1_error, unfolded.top5_error)
-    one = evaluation.evaluate([tiny], data, ["a", "b", "c"], scheme=1, size=75, batch_size=1)  # frozen here
-    assert (one.top1_error, one.top5_error) == (unfolded.top1_error, unfolded.top5_error)
 
 
 @pytest.fixture(scope="module")

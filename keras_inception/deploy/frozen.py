@@ -14,8 +14,10 @@ At batch 1 it changes the kernels too. TensorFlow hands oneDNN a batch-1 convolu
 filter in its plain layout, which with AVX2 (no AVX-512) only oneDNN's GEMM convolution takes
 (im2col and GEMM, ``x64:gemm:jit``); a constant filter may take oneDNN's layout, so the blocked
 brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Inception-v3
-and Inception-ResNet-v2 at batch 1 ran 1.36-1.44x faster frozen under ``ONEDNN_MAX_CPU_ISA=AVX2``
-(docs/cpu.md). So ``predict`` and ``evaluate`` run one image a call frozen where :func:`freezes`.
+and Inception-ResNet-v2 at batch 1 ran 1.36-1.63x faster frozen under ``ONEDNN_MAX_CPU_ISA=AVX2``
+in an interleaved script (docs/cpu.md), though only 1.02-1.05x inside tools/benchmark.py, and
+freezing Inception-v3 takes seconds (3.6 s, then 3 s for the first call), so it stays opt-in:
+for a server answering one image a call, not for ``predict`` on a few files.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-
-from keras_inception.core import cpu
 
 
 def frozen_call(model: keras.Model, batch: int | None = None) -> Callable:
@@ -45,16 +45,3 @@ def frozen_call(model: keras.Model, batch: int | None = None) -> Callable:
 
     return call
 
-
-def freezes(batch_size: int | None) -> bool:
-    """Whether calls of ``batch_size`` images should run frozen: at batch 1 where TensorFlow runs
-    oneDNN's x86 CPU kernels (no GPU), whose batch-1 convolutions take the blocked kernels only
-    with constant filters (above). TensorFlow turns oneDNN on by itself on x86 CPUs with
-    AVX512_VNNI, AVX512_BF16, AVX-VNNI or AMX, and anywhere with ``TF_ENABLE_ONEDNN_OPTS=1``."""
-    if batch_size != 1 or keras.backend.backend() != "tensorflow" or "avx2" not in cpu.current().flags:
-        return False
-    import tensorflow as tf
-
-    from keras_inception.deploy.folding import tensorflow_onednn
-
-    return not tf.config.list_physical_devices("GPU") and tensorflow_onednn()

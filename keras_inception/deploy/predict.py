@@ -9,7 +9,6 @@ for path, reason in failures:
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -17,7 +16,7 @@ import keras
 import numpy as np
 
 from keras_inception.core import cpu
-from keras_inception.deploy import export, frozen
+from keras_inception.deploy import export
 from keras_inception.deploy import folding as inference
 from keras_inception.input import preprocessing
 from keras_inception.input.pipelines import IMAGE_EXTENSIONS
@@ -90,14 +89,11 @@ def classify(
         else:
             failures.append((path, "no image files in directory"))
     names = None if class_names is None else list(class_names)
-    batch = 1 if batch_size == 1 or len(files) == 1 else None  # images per call
-    if fold_batchnorm and files:  # batch 1's form where it differs (deploy.folding, deploy.frozen)
+    if fold_batchnorm and files:  # one image a call: batch 1's form (the residual scale, deploy.folding)
+        batch = 1 if batch_size == 1 or len(files) == 1 else None
         model = inference.fold_batchnorm(model, inference.residual_scale_folds(batch))
-    forward = functools.partial(model.predict, batch_size=batch_size, verbose=0)
-    if fold_batchnorm and files and frozen.freezes(batch):
-        forward = frozen.frozen_call(model, batch)
     for batch_paths, images in _batches(files, size, batch_size, failures):
-        scores = keras.tree.map_structure(np.asarray, forward(images))
+        scores = model.predict(images, batch_size=batch_size, verbose=0)
         if isinstance(scores, (list, tuple)):  # a model with an aux head: the main output
             scores = scores[0]
         names = names or export.class_names(model)

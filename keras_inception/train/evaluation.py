@@ -27,7 +27,6 @@ tf = import_tensorflow(__name__, "tf.data evaluation")
 
 from keras_inception.core import cpu  # noqa: E402
 from keras_inception.deploy import folding as inference  # noqa: E402
-from keras_inception.deploy import frozen  # noqa: E402
 from keras_inception.input import preprocessing  # noqa: E402
 from keras_inception.nn.layers import output_layers  # noqa: E402
 
@@ -145,13 +144,9 @@ def evaluate(
     for model in models:  # bfloat16 without bfloat16 units: warned once
         cpu.check_precision(model.dtype_policy.name)
     per_batch = max(1, batch_size // scheme)  # images per forward pass
-    forwards = [model.predict_on_batch for model in models]
     if fold_batchnorm:
-        per_call = per_batch * scheme  # views a call: batch 1 has its own form (folding, frozen)
-        scale = inference.residual_scale_folds(per_call)
+        scale = inference.residual_scale_folds(per_batch * scheme)  # views per call
         models = [inference.fold_batchnorm(model, scale) for model in models]
-        freeze = frozen.freezes(per_call)
-        forwards = [frozen.frozen_call(m, 1) if freeze else m.predict_on_batch for m in models]
     views = (
         dataset.take(limit or -1)
         .map(
@@ -166,8 +161,8 @@ def evaluate(
     for batch, labels in views:
         images = tf.reshape(batch, (-1, size, size, 3))
         probabilities = 0.0
-        for forward, offset in zip(forwards, offsets, strict=True):
-            out = forward(images)
+        for model, offset in zip(models, offsets, strict=True):
+            out = model.predict_on_batch(images)
             out = out[0] if isinstance(out, (list, tuple)) else out
             probabilities = probabilities + np.asarray(out).reshape(len(labels), scheme, -1)[
                 ..., offset:
