@@ -41,7 +41,7 @@ def test_frozen_call_equals_the_model_and_keeps_its_weights_then():
 
 
 def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
-    """Why batch 1 runs frozen (checked by oneDNN's own log): with a variable filter TensorFlow's
+    """Why the frozen call helps at batch 1 (oneDNN's own log): with a variable filter TensorFlow's
     batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm."""
     code = (
         "import sys, numpy as np, tensorflow as tf\n"

@@ -44,4 +44,3 @@ def frozen_call(model: keras.Model, batch: int | None = None) -> Callable:
         return tf.nest.pack_sequence_as(structure, frozen(tf.convert_to_tensor(images)))
 
     return call
-
