@@ -357,7 +357,8 @@ def openvino_cases(args, model, reference, probe, tmp, skipped: list[str]) -> li
     """Our model exported to OpenVINO (float32, bfloat16 hint, NNCF int8), run on the CPU."""
     cases = []
     precisions, why = openvino_precisions(cpu.current())
-    skipped += [why] if why else []
+    if why:
+        skipped.append(why)
     for i, precision in enumerate(precisions):
         path = os.path.join(tmp, f"{precision}.xml")
         try:
