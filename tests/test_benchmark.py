@@ -512,7 +512,7 @@ def test_reproduce_experiments_run_on_a_tiny_folder(tmp_path):
     subprocess.run([sys.executable, tool, "report", "--output", str(out)], check=True, env=env)
     record = json.loads((out / "residual-speedup" / "inception_v4_lr0.045_seed0.json").read_text())
     assert record["steps"] == [1, 2] and len(record["top1_error"]) == 2
-    scaling = json.loads((out / "residual-scaling" / "scale1.0.json").read_text())
+    scaling = json.loads((out / "residual-scaling" / "scale1.0_seed0.json").read_text())
     assert scaling["zero_trace"] and scaling["scale"] == 1.0
     assert "Residual scaling" in (tmp_path / "docs" / "reproduction.md").read_text()
 
