@@ -145,22 +145,28 @@ def test_a_cap_that_removes_nothing_leaves_the_cpu_as_it_is(machine, monkeypatch
     assert cpu.current() == plain and "capped" not in cpu.current().describe()
 
 
-def test_cap_environment_holds_openblas_and_aten_to_the_cap(monkeypatch):
+def test_cap_environment_holds_openblas_aten_and_xla_to_the_cap(monkeypatch):
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert cpu.cap_environment() == {}
     assert cpu.cap_environment("AVX2_VNNI") == {
         "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI",
         "OPENBLAS_CORETYPE": "Haswell",
         "ATEN_CPU_CAPABILITY": "avx2",
+        "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",
     }
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx512_core_bf16")
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")  # set by the user: kept
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")  # added to
     assert cpu.cap_environment() == {
         "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
         "OPENBLAS_CORETYPE": "Zen",
         "ATEN_CPU_CAPABILITY": "avx512",
+        "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_cpu_max_isa=AVX512",
     }
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX")  # the user's own limit: kept
+    assert cpu.cap_environment()["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX"
 
 
 @pytest.mark.skipif("avx512f" not in cpu._read().flags, reason="needs a CPU with AVX-512 to cap")

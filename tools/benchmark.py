@@ -9,8 +9,9 @@ exported as float32, bfloat16 and NNCF int8) and timm (PyTorch, channels_last, b
 autocast; tools/torch_peers.py, in a process of --torch-python's). A peer that is not
 installed is named as skipped. All ways of running one network are timed interleaved: a
 warm-up each, then --repeats rounds timing each once, the order rotated every round. Every
-figure is the median of those calls, with min and max (the best). Training runs each case in
-a fresh process (for its peak RSS).
+figure is the median of those calls, with min and max (the best). --frozen's call is served by a
+process of its own, as timm is (frozen_case says why). Training runs each case in a fresh process
+(for its peak RSS).
 Every report names the CPU and its flags (keras_inception.core.cpu) and the machine's matmul limit
 per precision (tools/peak.py: several sizes, each in its own process, the best call), beside
 the CPU's theoretical one; a row's share is of its precision's limit (int8 and float16 rows
@@ -18,7 +19,8 @@ have none). A row faster than the limit makes the run measure it again, then fla
 exit 1. mixed_bfloat16 runs by default only where the CPU computes bfloat16 in hardware.
 Under oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 machine: what an
 AVX2-only CPU's kernels do) the report says so, and timm and the peak's workers run under the
-same cap (core.cpu.cap_environment: OpenBLAS's core type, PyTorch's ATen capability).
+same cap, as does XLA (core.cpu.cap_environment: OpenBLAS's core type, PyTorch's ATen capability,
+XLA's --xla_cpu_max_isa).
 Speed is never asserted in tests; tests/test_benchmark*.py run tiny configurations.
 With --backend or --device, tools/gpu_benchmark.py runs instead (Keras on JAX / PyTorch beside
 timm, on a GPU; docs/gpu.md).
@@ -255,11 +257,6 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
                 path = f"Keras {policy}{form}" + (" XLA" if xla else "")
                 call = keras_call(net, size, xla)
                 cases.append(Case(path, policy_precision(policy), call, agree, batches=batches))
-        if args.frozen:  # the folded form with its weights as constants (keras_inception.deploy.frozen)
-            run = frozen.frozen_call(folded)
-            path = f"Keras {policy} folded frozen"
-            agree = cosine(reference, run(probe))
-            cases.append(Case(path, policy_precision(policy), frozen_call(run, size), agree))
     with tempfile.TemporaryDirectory() as tmp:
         if "keras.applications" in args.peers and name in KERAS_APPLICATIONS:
             for policy in args.precisions:
@@ -272,9 +269,11 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
             cases += deploy_cases(args, fp32, reference, probe, tmp)
         if "openvino" in args.peers:
             cases += openvino_cases(args, fp32, reference, probe, tmp, skipped)
-        open_peers: list[TorchPeer] = []
+        open_peers: list[Served] = []
         rows = []
-        try:  # the timm processes end with the rows, whatever happens
+        try:  # the frozen and timm processes end with the rows, whatever happens
+            if args.frozen:  # the folded form with its weights as constants, in its own process
+                cases += [frozen_case(args, name, policy, open_peers) for policy in args.precisions]
             if "timm" in args.peers:
                 cases += timm_cases(args, name, skipped, published, open_peers)
             for batch in args.batch_sizes:
@@ -399,23 +398,26 @@ def timm_ready(args, name: str, skipped: list[str]) -> bool:
     return name in torch_peers()["NAMES"]
 
 
-class TorchPeer:
-    """A timm network served by tools/torch_peers.py in --torch-python's own process (torch and
-    TensorFlow never share a process or its thread pools); ``make(batch)`` gives one call."""
+class Served:
+    """A network served by a process of its own (``command``: tools/torch_peers.py serve, or this
+    tool's --frozen-worker), one call per batch size written to its stdin (torch_peers.answer);
+    ``make(batch)`` gives one call. It greets with ``ready``, and a worker that measured its
+    logits' agreement with our float32 model adds that cosine."""
 
-    def __init__(self, python: str, name: str, precision: str, size: int):
-        command = [python, TORCH_PEERS, "serve", name, precision, "--image-size", str(size)]
+    def __init__(self, command: list[str]):
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self.process.stdout.readline().strip() != "ready":
+        greeting = self.process.stdout.readline().split()
+        if greeting[:1] != ["ready"]:
             self.close()
             raise RuntimeError(f"{' '.join(command)} did not start")
+        self.cosine = float(greeting[1]) if len(greeting) > 1 else float("nan")
 
     def make(self, batch: int) -> Callable[[], object]:
         def call() -> float:
             self.process.stdin.write(f"{batch}\n")
             self.process.stdin.flush()
             if not (reply := self.process.stdout.readline()):
-                raise RuntimeError(f"the timm process exited ({self.process.poll()})")
+                raise RuntimeError(f"the served process exited ({self.process.poll()})")
             return float(reply)
 
         return call
@@ -434,12 +436,43 @@ def timm_cases(
     for precision in dict.fromkeys(map(policy_precision, args.precisions)):
         path = f"timm {precision}" + (" autocast" if precision == "bfloat16" else "") + " channels_last"
         try:
-            open_peers.append(TorchPeer(args.torch_python, name, precision, args.image_size))
+            command = [args.torch_python, TORCH_PEERS, "serve", name, precision]
+            open_peers.append(Served([*command, "--image-size", str(args.image_size)]))
         except RuntimeError as error:  # timm imports but cannot build this network: named, not fatal
             skipped.append(f"{path} ({name}): {error}")
             continue
         cases.append(Case(path, precision, open_peers[-1].make, peer="timm", gflop=gflop()))
     return cases
+
+
+def frozen_case(args, name: str, policy: str, served: list[Served]) -> Case:
+    """Our folded network's frozen call (keras_inception.deploy.frozen) in a process of its own.
+    TensorFlow's oneDNN primitive cache is process-wide and keyed by the convolution's shapes,
+    not by whether its filter is constant. At batch 1 TensorFlow picks a variable filter's GEMM
+    kernel but a constant filter's blocked brgemm one (docs/cpu.md), and the first call of a shape
+    picks for every later one. Beside our Keras model or keras.applications' in one process, the
+    frozen call would inherit their kernel, or lend them its own."""
+    served.append(Served([*worker_command(args), "--frozen-worker", name, policy]))
+    return Case(f"Keras {policy} folded frozen", policy_precision(policy), served[-1].make, served[-1].cosine)
+
+
+def frozen_worker(name: str, policy: str, size: int, **shape) -> None:
+    """Serve the frozen call of a new ``name`` (folded) on stdin; it greets with its logits'
+    cosine against the float32 model it was made from."""
+    reference = build(name, size, **shape)
+    model = reference if policy == "float32" else build(name, size, policy, **shape)
+    model.set_weights(reference.get_weights())
+    probe = tf.random.uniform((4, size, size, 3), -1, 1, seed=0)
+    run = frozen.frozen_call(inference.fold_batchnorm(model))
+    agree = cosine(reference(probe, training=False).numpy(), run(probe))
+    torch_peers()["answer"](frozen_call(run, size), f"ready {agree}")
+
+
+def worker_command(args) -> list[str]:
+    """This tool in a fresh process, with the options that shape our network."""
+    command = [sys.executable, os.path.abspath(__file__), "--repeats", str(args.repeats)]
+    command += ["--image-size", str(args.image_size), "--width", str(args.width)]
+    return command + (["--depths", *map(str, args.depths)] if args.depths else [])
 
 
 def train_worker(name: str, batch: int, size: int, repeats: int, policy: str, **shape) -> dict:
@@ -476,12 +509,10 @@ def training_rows(args, name: str, skipped: list[str]) -> list[dict]:
     rows = []
     timm = "timm" in args.peers and timm_ready(args, name, skipped)
     common = ["--repeats", str(args.repeats), "--image-size", str(args.image_size)]
-    ours = [sys.executable, os.path.abspath(__file__), *common, "--width", str(args.width)]
-    ours += ["--depths", *map(str, args.depths)] if args.depths else []
     for policy in args.train_precisions:
         for batch in args.train_batch_sizes:
             row = {"model": name, "precision": policy_precision(policy), "batch": batch}
-            commands = {"ours": [*ours, "--train-worker", name, str(batch), policy]}
+            commands = {"ours": [*worker_command(args), "--train-worker", name, str(batch), policy]}
             if timm:
                 peer = [args.torch_python, TORCH_PEERS, "train", name, str(batch), row["precision"]]
                 commands["timm"] = peer + common
@@ -971,6 +1002,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="docs/benchmarks.md")
     p.add_argument("--train-worker", nargs=3, metavar=("MODEL", "BATCH", "POLICY"), help=argparse.SUPPRESS)
+    p.add_argument("--frozen-worker", nargs=2, metavar=("MODEL", "POLICY"), help=argparse.SUPPRESS)
     return p
 
 
@@ -985,6 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(train_worker(name, int(batch), args.image_size, args.repeats, policy, **shape(args)))
         )
+        return 0
+    if args.frozen_worker:
+        frozen_worker(*args.frozen_worker, args.image_size, **shape(args))
         return 0
     for policy in args.precisions + args.train_precisions:
         cpu.check_precision(policy)  # mixed_bfloat16 asked for on a CPU without bfloat16 units: one warning

@@ -132,11 +132,12 @@ def train_worker(name: str, batch: int, precision: str, repeats: int, size: int)
     }
 
 
-def serve(name: str, precision: str, size: int) -> None:
-    """One inference call per batch size read from stdin; its seconds on stdout."""
-    make = inference_call(name, size, precision)
+def answer(make: Callable[[int], Callable[[], object]], greeting: str = "ready") -> None:
+    """Print ``greeting``, then for each batch size read from stdin run one call of
+    ``make(batch)`` (made once per batch size) and print its seconds. tools/benchmark.py serves
+    its own frozen call with this too."""
     calls: dict[int, Callable[[], object]] = {}
-    print("ready", flush=True)
+    print(greeting, flush=True)
     for line in sys.stdin:
         batch = int(line)
         if batch not in calls:  # one input per batch size, made once
@@ -145,6 +146,11 @@ def serve(name: str, precision: str, size: int) -> None:
         start = time.perf_counter()
         call()
         print(time.perf_counter() - start, flush=True)
+
+
+def serve(name: str, precision: str, size: int) -> None:
+    """One inference call per batch size read from stdin; its seconds on stdout."""
+    answer(inference_call(name, size, precision))
 
 
 def main(argv: list[str] | None = None) -> int:

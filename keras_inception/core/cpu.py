@@ -14,8 +14,9 @@ oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_M
 which TensorFlow's and PyTorch's CPU kernels obey, is honoured: ``ONEDNN_MAX_CPU_ISA=AVX2`` on an
 AMX Xeon gives the flags, and so the default precision, of an AVX2-only CPU, and
 :meth:`CPU.describe` says so. :func:`cap_environment` gives the variables that hold NumPy's
-OpenBLAS and PyTorch's own kernels to the same cap (tools/benchmark.py and tools/peak.py pass
-them to their workers), so that one machine can measure what an older CPU's instruction set does.
+OpenBLAS, PyTorch's own kernels and XLA's generated code to the same cap (tools/benchmark.py and
+tools/peak.py pass them to their workers), so that one machine can measure what an older CPU's
+instruction set does.
 
 bfloat16 is the default where the CPU computes it in hardware: Intel's AMX (``amx_bf16``),
 AVX512_BF16 (``avx512_bf16``: AMD Zen 4, Intel Cooper Lake and later) or Arm's BF16
@@ -64,10 +65,10 @@ ISA_ALIASES = {
     "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16",
 }
 # what holds OpenBLAS (NumPy) and PyTorch's ATen kernels to a cap: (OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY)
-_CAP_LIBRARIES = {
-    "AVX": ("Sandybridge", "default"),
-    "AVX2": ("Haswell", "avx2"),
-    "AVX512_CORE": ("SkylakeX", "avx512"),
+_CAP_LIBRARIES = {  # level: OpenBLAS's core type, PyTorch's ATen capability, XLA's --xla_cpu_max_isa
+    "AVX": ("Sandybridge", "default", "AVX"),
+    "AVX2": ("Haswell", "avx2", "AVX2"),
+    "AVX512_CORE": ("SkylakeX", "avx512", "AVX512"),
 }
 
 
@@ -161,18 +162,23 @@ def isa_cap() -> str | None:
 
 
 def cap_environment(level: str | None = None) -> dict[str, str]:
-    """Environment variables that hold NumPy's OpenBLAS and PyTorch's ATen kernels to oneDNN's
-    cap (default: this process's, :func:`isa_cap`), for a worker process; empty without a cap or
-    where the cap removes nothing from this CPU. Variables already set are kept."""
+    """Environment variables that hold NumPy's OpenBLAS, PyTorch's ATen kernels and XLA's code to
+    oneDNN's cap (default: this process's, :func:`isa_cap`), for a worker process or this one
+    before its first XLA compile (XLA reads ``XLA_FLAGS`` then); empty without a cap or where the
+    cap removes nothing from this CPU. Variables already set are kept, and XLA_FLAGS is added to."""
     level = _level(level or isa_cap())
     if level is None or not _read().capped(level).isa_cap:  # no cap, or one that removes nothing
         return {}
     below = [name for name in list(ISA_LEVELS)[: list(ISA_LEVELS).index(level) + 1] if name in _CAP_LIBRARIES]
     if not below:
         return {}
-    coretype, aten = _CAP_LIBRARIES[below[-1]]
+    coretype, aten, xla = _CAP_LIBRARIES[below[-1]]
     env = {"ONEDNN_MAX_CPU_ISA": level, "OPENBLAS_CORETYPE": coretype, "ATEN_CPU_CAPABILITY": aten}
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    env = {k: os.environ.get(k, v) for k, v in env.items()}
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_cpu_max_isa" not in flags:
+        flags = f"{flags} --xla_cpu_max_isa={xla}".strip()
+    return {**env, "XLA_FLAGS": flags}
 
 
 def _read() -> CPU:
