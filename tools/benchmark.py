@@ -447,11 +447,11 @@ def timm_cases(
 
 def frozen_case(args, name: str, policy: str, served: list[Served]) -> Case:
     """Our folded network's frozen call (keras_inception.deploy.frozen) in a process of its own.
-    TensorFlow's oneDNN primitive cache is process-wide and keyed by the convolution's shapes,
-    not by whether its filter is constant. At batch 1 TensorFlow picks a variable filter's GEMM
-    kernel but a constant filter's blocked brgemm one (docs/cpu.md), and the first call of a shape
-    picks for every later one. Beside our Keras model or keras.applications' in one process, the
-    frozen call would inherit their kernel, or lend them its own."""
+    Which kernel a batch-1 convolution runs depends on what ran its shapes before in the process
+    (TensorFlow and oneDNN cache their primitives process-wide): under the AVX2 cap, Inception-v3's
+    frozen call after its Keras model ran 76 of its 95 convolutions with the GEMM kernel of a
+    variable filter (alone: none), and the Keras model after the frozen call 61 of 95 with brgemm
+    (alone: 10). Beside the Keras models the frozen call led them by 1.02-1.05x; alone, by 1.4x."""
     served.append(Served([*worker_command(args), "--frozen-worker", name, policy]))
     return Case(f"Keras {policy} folded frozen", policy_precision(policy), served[-1].make, served[-1].cosine)
 
