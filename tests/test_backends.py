@@ -270,7 +270,8 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
     assert results["largest_difference"] < 2e-3, results
 
 
-@pytest.mark.parametrize("backend", BACKENDS)  # torch in the default run (27 s on 2 cores), JAX slow
+@pytest.mark.slow  # 34 s of the default run on the 2-core Xeon; on TensorFlow the same tests run by default
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_train_killed_and_resumed_on_backend(backend):
     """tests/test_runs.py's kill-and-resume checks on this backend: slim's recipe with averages
     (the resumed run ends with the uninterrupted run's weights and best.keras), and the seeded
