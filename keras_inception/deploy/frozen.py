@@ -13,11 +13,13 @@ changes to the model's variables.
 At batch 1 it changes the kernels too. TensorFlow hands oneDNN a batch-1 convolution's variable
 filter in its plain layout, which with AVX2 (no AVX-512) only oneDNN's GEMM convolution takes
 (im2col and GEMM, ``x64:gemm:jit``); a constant filter may take oneDNN's layout, so the blocked
-brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Inception-v3
-and Inception-ResNet-v2 at batch 1 ran 1.36-1.63x faster frozen under ``ONEDNN_MAX_CPU_ISA=AVX2``
-in an interleaved script (docs/cpu.md), though only 1.02-1.05x inside tools/benchmark.py, and
-freezing Inception-v3 takes seconds (3.6 s, then 3 s for the first call), so it stays opt-in:
-for a server answering one image a call, not for ``predict`` on a few files.
+brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Under
+``ONEDNN_MAX_CPU_ISA=AVX2`` the three networks ran 1.32-1.45x faster frozen at batch 1, level at
+batch 16 (docs/cpu.md). Call it before any Keras model of the same shapes runs at batch 1 in the
+process: TensorFlow and oneDNN cache kernels process-wide, and a frozen call made after the
+Keras model ran mostly its GEMM kernels. Freezing Inception-v3 takes seconds (3.4-3.6 s, then
+about 3 s for the first call), so it stays opt-in: for a server answering one image a call (it
+pays back after about 150 images), not for ``predict`` on a few files.
 """
 
 from __future__ import annotations
