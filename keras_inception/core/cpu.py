@@ -64,8 +64,9 @@ ISA_ALIASES = {
     "AVX10_1_512_AMX": "AVX512_CORE_AMX",
     "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16",
 }
-# what holds OpenBLAS (NumPy) and PyTorch's ATen kernels to a cap: (OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY)
-_CAP_LIBRARIES = {  # level: OpenBLAS's core type, PyTorch's ATen capability, XLA's --xla_cpu_max_isa
+# what holds NumPy's OpenBLAS, PyTorch's ATen kernels and XLA to a cap:
+# (OPENBLAS_CORETYPE, ATEN_CPU_CAPABILITY, XLA_FLAGS' --xla_cpu_max_isa)
+_CAP_LIBRARIES = {
     "AVX": ("Sandybridge", "default", "AVX"),
     "AVX2": ("Haswell", "avx2", "AVX2"),
     "AVX512_CORE": ("SkylakeX", "avx512", "AVX512"),
