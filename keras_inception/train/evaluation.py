@@ -159,7 +159,7 @@ def evaluate(
     confusion: collections.Counter = collections.Counter()
     progress = keras.utils.Progbar(min(filter(None, (limit, total)), default=None), unit_name="image")
     for batch, labels in views:
-        images = tf.reshape(batch, (-1, size, size, 3))
+        images = tf.reshape(batch, (-1, size, size, 3)).numpy()  # an array every backend takes
         probabilities = 0.0
         for model, offset in zip(models, offsets, strict=True):
             out = model.predict_on_batch(images)
