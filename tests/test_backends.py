@@ -149,6 +149,38 @@ def test_training_follows_the_tensorflow_backend(backend, training_reference):
         assert figures[kind] < tolerance, (kind, figures[kind])
 
 
+AVERAGES_JOB = """
+import keras, numpy as np
+from keras_inception.train import training
+layers = [keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling2D()]
+model = keras.Sequential([keras.Input((8, 8, 3)), *layers, keras.layers.Dense(5, activation="softmax")])
+x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype("float32")
+y = np.eye(5, dtype="float32")[[0, 1, 2, 3]]
+for compiles in (1, 2):  # a second compile (a new phase) keeps the step that moves them
+    training.compile_model(model, training.Recipe.slim(learning_rate=0.001), steps_per_epoch=2)
+    optimizer = model.optimizer
+    pairs = [(v, a) for v, a in zip(optimizer.averaged_variables, optimizer.averages) if "moving_" in v.path]
+    before = [np.array(a.value) for _, a in pairs]
+    model.train_on_batch(x, y)
+    moved = sum(bool(np.any(np.array(a.value) != b)) for (_, a), b in zip(pairs, before))
+    print(compiles, moved, len(pairs))
+"""
+
+
+@needs("jax")
+def test_averages_of_batchnorm_statistics_move_on_jax():
+    """JAX's step moves the averages of what its optimizer does not train (BatchNorm's moving
+    statistics) in the model's step; the stem's rematerialisation once took that step back
+    (every average of a statistic stayed at its start: the slow agreement test found it)."""
+    done = subprocess.run(
+        [sys.executable, "-c", AVERAGES_JOB], env=backend_env("jax"), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.strip().splitlines()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(int(r[2]) > 0 and r[1] == r[2] for r in rows), rows
+
+
 # On the other backend: a .keras model written by the TensorFlow backend, its class names, its
 # evaluation (tf.data crops, BatchNorm folded), and its class names through runs.save_model (the
 # writer of best.keras) and back

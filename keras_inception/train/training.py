@@ -218,9 +218,10 @@ def compile_model(
         metrics=metrics(len(model.outputs), model.outputs[0].shape[-1]) if top_k_metrics else None,
         jit_compile=jit_compile,
     )
+    model = rematerialize(model, remat)  # first: it takes back an earlier train_step
     if keras.backend.backend() == "jax":
         _average_untrained_in_jax_steps(model)
-    return rematerialize(model, remat)
+    return model
 
 
 def _average_untrained_in_jax_steps(model: keras.Model) -> None:
@@ -252,6 +253,7 @@ def _average_untrained_in_jax_steps(model: keras.Model) -> None:
         return logs, (trained, statistics, slots_now, metrics_now)
 
     model.train_step = train_step
+    model.make_train_function(force=True)  # a step made before would not run this one
 
 
 TENSORFLOW_ONLY = (
