@@ -448,7 +448,8 @@ def timm_cases(
 def frozen_case(args, name: str, policy: str, served: list[Served]) -> Case:
     """Our folded network's frozen call (keras_inception.deploy.frozen) in a process of its own.
     Which kernel a batch-1 convolution runs depends on what ran its shapes before in the process
-    (TensorFlow and oneDNN cache their primitives process-wide): under the AVX2 cap, Inception-v3's
+    (TensorFlow and oneDNN cache their primitives process-wide): under the AVX2 cap on an Intel Xeon
+    (family 6 model 167), Inception-v3's
     frozen call after its Keras model ran 76 of its 95 convolutions with the GEMM kernel of a
     variable filter (alone: none), and the Keras model after the frozen call 61 of 95 with brgemm
     (alone: 10). Beside the Keras models the frozen call led them by 1.02-1.05x; alone, by 1.4x."""

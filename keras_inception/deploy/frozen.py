@@ -14,12 +14,12 @@ At batch 1 it changes the kernels too. TensorFlow hands oneDNN a batch-1 convolu
 filter in its plain layout, which with AVX2 (no AVX-512) only oneDNN's GEMM convolution takes
 (im2col and GEMM, ``x64:gemm:jit``); a constant filter may take oneDNN's layout, so the blocked
 brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Under
-``ONEDNN_MAX_CPU_ISA=AVX2`` the three networks ran 1.32-1.45x faster frozen at batch 1, level at
-batch 16 (docs/cpu.md). Call it before any Keras model of the same shapes runs at batch 1 in the
-process: TensorFlow and oneDNN cache kernels process-wide, and a frozen call made after the
-Keras model ran mostly its GEMM kernels. Freezing Inception-v3 takes seconds (3.4-3.6 s, then
-about 3 s for the first call), so it stays opt-in: for a server answering one image a call (it
-pays back after about 150 images), not for ``predict`` on a few files.
+``ONEDNN_MAX_CPU_ISA=AVX2`` (an Intel Xeon, family 6 model 167) the three networks ran 1.32-1.45x
+faster frozen at batch 1, level at batch 16 (docs/cpu.md). Call it before any Keras model of the
+same shapes runs at batch 1 in the process: TensorFlow and oneDNN cache kernels process-wide, and a
+frozen call made after the Keras model ran mostly its GEMM kernels. Freezing Inception-v3 takes
+seconds (3.4-3.6 s, then about 3 s for the first call), so it stays opt-in: for a server answering
+one image a call (it pays back after about 150 images), not for ``predict`` on a few files.
 """
 
 from __future__ import annotations
