@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -145,6 +146,55 @@ def test_peak_theory_by_cpu_flags():
     assert peak.flop_per_cycle(frozenset({"avx2", "fma"}), vendor_amd=True) == {"float32": 32, "bfloat16": 32}
     theory = peak.theoretical(2, 2500.0, zen4, True)
     assert (theory["float32"], theory["bfloat16"]) == (160.0, 320.0)
+
+
+X86_64 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform in ("linux", "darwin")
+
+
+@pytest.mark.skipif(not X86_64, reason="the clock's chains are x86-64 machine code")
+def test_the_clock_is_measured_by_dependent_chains():
+    """The chains compute what they say, and the clock they give is a clock: a chain of
+    add-immediates, which some cores fold at rename, gave 21 GHz on the model-167 Xeon."""
+    peak = _load_tool("peak")
+    for name, (link, _) in peak.CHAINS.items():
+        f, memory = peak.chain(link)
+        assert f(3) == (3 * 3 * peak.LINKS if name == "add" else 0)  # rcx = n, added n x LINKS times
+        memory.close()
+    mhz, source = peak.clock(2, seconds=0.1)
+    assert source == "measured: dependent adds and multiplies on 2 cores at once"
+    assert 300 < mhz < 7000
+
+
+def test_the_clock_falls_back_to_cpuinfo_and_says_why(monkeypatch):
+    peak = _load_tool("peak")
+    monkeypatch.setattr(peak, "cpuinfo_mhz", lambda: 2600.0)
+    monkeypatch.setattr(peak.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(peak.sys, "platform", "linux")
+    answers = iter([(-11, ""), (0, '{"add": 9000.0, "imul": 3000.0}\n')])
+
+    def run(command, **kwargs):
+        code, out = next(answers)
+        return subprocess.CompletedProcess(command, code, out, "")
+
+    monkeypatch.setattr(peak.subprocess, "run", run)
+    assert peak.clock(2) == (2600.0, "/proc/cpuinfo; the measurement failed (signal 11)")
+    assert peak.clock(2) == (2600.0, "/proc/cpuinfo; the measured chains disagree (add 9000, imul 3000 MHz)")
+    monkeypatch.setattr(peak.platform, "machine", lambda: "aarch64")
+    assert peak.clock(2) == (2600.0, "/proc/cpuinfo; not measured on aarch64 linux")
+    benchmark = _load_tool("benchmark")
+    rows = {"float32": [{"library": "tf", "size": 1024, "gflops": 120.0}]}
+    for source, said in [
+        ("/proc/cpuinfo; not measured on aarch64 linux", "a core that boosts above the reported clock"),
+        ("measured: dependent adds and multiplies on 2 cores at once", "an upper bound: a core may run"),
+    ]:
+        theory = peak.theoretical(2, 2000.0, frozenset({"avx2", "fma"}), True, source)
+        (line,) = benchmark.peak_lines({"float32": 120.0, "rows": rows, "theoretical": theory})
+        assert (
+            f"Theoretical at 2000 MHz ({source}) x 2 cores: float32 128.0 GFLOP/s (32 FLOP/cycle/core; "
+            "measured: 94%)"
+            in line
+            and said in line
+        )
 
 
 def test_peak_under_an_isa_cap_leaves_bfloat16_out_and_says_why():

@@ -111,13 +111,15 @@ def machine_peak(args) -> dict:
         if why:
             print(why, flush=True)
         measured = peak_tool()["measure"](args.peak_sizes, args.peak_seconds, precisions, flags=info.flags)
+    mhz, source = peak_tool()["clock"](os.cpu_count())
+    print(f"Clock: {mhz:.0f} MHz ({source})" if mhz else f"Clock: unknown ({source})", flush=True)
     return {
         "cpu": info.model,
         "flags": info.relevant_flags(),
         **{p: m["gflops"] for p, m in measured.items()},
         "rows": {p: m["rows"] for p, m in measured.items()},
         "theoretical": peak_tool()["theoretical"](
-            os.cpu_count(), peak_tool()["cpuinfo_mhz"](), info.flags, info.vendor == "AuthenticAMD"
+            os.cpu_count(), mhz, info.flags, info.vendor == "AuthenticAMD", source
         ),
     }
 
@@ -683,15 +685,20 @@ def peak_lines(peak: dict) -> list[str]:
     ]
     if theory["mhz"]:
         per = theory["flop_per_cycle_per_core"]
+        source = theory.get("clock_source", "/proc/cpuinfo")
+        caveat = (
+            "a core that boosts above the reported clock can beat it"
+            if source.startswith("/proc/cpuinfo")
+            else "an upper bound: a core may run vector code below its integer clock"
+        )
         lines[-1] += (
-            f" Theoretical at {theory['mhz']:.0f} MHz (/proc/cpuinfo) x {theory['cores']} cores: "
+            f" Theoretical at {theory['mhz']:.0f} MHz ({source}) x {theory['cores']} cores: "
             + ", ".join(
                 f"{p} {theory[p]:.1f} GFLOP/s ({per[p]} FLOP/cycle/core; measured: {peak[p] / theory[p]:.0%})"
                 for p in per
                 if p in peak  # bfloat16 is not measured under an ISA cap that hides it (tools/peak.py)
             )
-            + " (FLOP/cycle as tools/peak.py assumes them; a core that boosts above the reported clock "
-            "can beat it)."
+            + f" (FLOP/cycle as tools/peak.py assumes them; {caveat})."
         )
     if peak.get("exceeded"):
         over = ", ".join(peak["exceeded"])

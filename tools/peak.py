@@ -3,6 +3,7 @@
     python tools/peak.py                          # float32 and bfloat16, sizes 1024 2048 4096
     python tools/peak.py --sizes 512 --seconds 1  # quick
     python tools/peak.py worker tf bfloat16 4096 --seconds 3   # one size, one process
+    python tools/peak.py clock                     # the cores' clock, measured (MHz)
 
 Every (library, precision, size) runs in a fresh process of its own (no pool, cache or thread
 state carried from one to the next), calls an n x n matmul for about ``--seconds`` (at least 3
@@ -13,8 +14,13 @@ library; where bfloat16 runs on the float32 FMA pipes (AVX512_BF16 without AMX),
 the float32 peak (:func:`vector_bfloat16`: OpenVINO's bfloat16 convolutions outran every
 bfloat16 GEMM on AMD Zen 4).
 
-The theoretical limit is FLOP per cycle per core x cores x the clock /proc/cpuinfo reports (the
-base clock on most machines: a core that boosts can beat it). FLOP per cycle, float32: 32 on
+The theoretical limit is FLOP per cycle per core x cores x the clock. The clock is measured
+(:func:`clock`): every core at once runs a chain of dependent 64-bit adds, one a cycle on any
+x86-64 core, and a chain of dependent multiplies, one every three cycles; the two must agree
+within 10%. Without it (not x86-64 Linux or macOS, memory that cannot be made executable, or
+chains that disagree) the clock is the one /proc/cpuinfo reports, on most machines the base
+clock, which a boosting core beats. A core may run wide vector code below its integer clock, so
+the theoretical limit is an upper bound either way. FLOP per cycle, float32: 32 on
 AVX2 + FMA (two 256-bit FMA pipes) and on AMD Zen 4's AVX-512 (a 512-bit FMA takes both 256-bit
 pipes, one per cycle), 64 on Intel's AVX-512 (two 512-bit FMA ports; some parts have one); 16 on
 SSE alone. bfloat16: 1024 with AMX (a tile multiply, 16x16x32 in 16 cycles), twice float32's
@@ -24,11 +30,16 @@ with AVX512_BF16 (vdpbf16ps: two products per 32-bit lane), else float32's (conv
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
+import mmap
 import os
+import platform
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 PRECISIONS = {"float32": ("numpy", "tf", "openvino"), "bfloat16": ("tf", "openvino")}
@@ -147,7 +158,10 @@ def flop_per_cycle(flags: frozenset[str], vendor_amd: bool) -> dict[str, int]:
     return {"float32": fp32, "bfloat16": bf16}
 
 
-def cpuinfo_mhz(path: str = "/proc/cpuinfo") -> float | None:
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpuinfo_mhz(path: str = CPUINFO) -> float | None:
     try:
         with open(path) as f:
             return max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
@@ -155,28 +169,95 @@ def cpuinfo_mhz(path: str = "/proc/cpuinfo") -> float | None:
         return None
 
 
-def theoretical(cores: int, mhz: float | None, flags: frozenset[str], vendor_amd: bool) -> dict:
+# x86-64 machine code, System V ABI (n in rdi): rcx = n; rax = 0; n times: LINKS x LINK; return rax.
+LINKS = 256
+CHAINS = {  # name: (one link, its latency in cycles on x86-64 cores)
+    "add": (b"\x48\x01\xc8", 1),  # add rax, rcx (rcx unknown to the renamer: no add-immediate folding)
+    "imul": (b"\x48\x0f\xaf\xc0", 3),  # imul rax, rax
+}
+
+
+def chain(link: bytes):
+    """``(f, memory)``: ``f(n)`` runs ``n * LINKS`` dependent ``link`` instructions from
+    ``memory``, an executable page: keep it open while calling ``f``."""
+    body = link * LINKS
+    back = struct.pack("<i", -(len(body) + 9))  # from after jnz to the first link
+    code = b"\x48\x89\xf9\x31\xc0" + body + b"\x48\xff\xcf\x0f\x85" + back + b"\xc3"
+    memory = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    memory.write(code)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    return ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(address), memory
+
+
+def chain_mhz(threads: int, seconds: float) -> dict[str, float]:
+    """``{chain: MHz}``: each chain run by ``threads`` threads at once (ctypes lets go of the GIL),
+    the fastest call of any thread; in this process (``clock`` runs it in another)."""
+    return {name: _chain_mhz(link, latency, threads, seconds) for name, (link, latency) in CHAINS.items()}
+
+
+def _chain_mhz(link: bytes, latency: int, threads: int, seconds: float, n: int = 20_000) -> float:
+    f, memory = chain(link)
+    best = []
+    workers = [
+        threading.Thread(target=lambda: best.append(fastest_call(lambda: f(n), seconds)))
+        for _ in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    memory.close()
+    return n * LINKS * latency / min(best) / 1e6
+
+
+def clock(threads: int, seconds: float = 0.3) -> tuple[float | None, str]:
+    """``(MHz, where it comes from)``: measured with every one of ``threads`` busy (this module's
+    docstring) in a process of its own, else /proc/cpuinfo's clock, saying why."""
+    fallback = CPUINFO
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform not in ("linux", "darwin"):
+        return cpuinfo_mhz(), f"{fallback}; not measured on {platform.machine()} {sys.platform}"
+    command = [sys.executable, __file__, "clock", "--threads", str(threads), "--seconds", str(seconds)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        return cpuinfo_mhz(), f"{fallback}; the measurement failed ({how})"
+    chains = json.loads(done.stdout.strip().splitlines()[-1])
+    low, high = min(chains.values()), max(chains.values())
+    if high > 1.1 * low:
+        said = ", ".join(f"{k} {v:.0f}" for k, v in chains.items())
+        return cpuinfo_mhz(), f"{fallback}; the measured chains disagree ({said} MHz)"
+    return high, f"measured: dependent adds and multiplies on {threads} cores at once"
+
+
+def theoretical(
+    cores: int, mhz: float | None, flags: frozenset[str], vendor_amd: bool, clock_source: str = CPUINFO
+) -> dict:
     """``{precision: GFLOP/s}`` (None without a clock) and the assumptions behind them."""
     per_cycle = flop_per_cycle(flags, vendor_amd)
     return {
         "flop_per_cycle_per_core": per_cycle,
         "cores": cores,
         "mhz": mhz,
+        "clock_source": clock_source,
         **{p: (f * cores * mhz / 1e3 if mhz else None) for p, f in per_cycle.items()},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", choices=("measure", "worker"), default="measure")
+    p.add_argument("command", nargs="?", choices=("measure", "worker", "clock"), default="measure")
     p.add_argument("args", nargs="*", help="worker: LIBRARY PRECISION SIZE")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    p.add_argument("--seconds", type=float, default=3.0, help="time spent calling each size")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds calling each size (clock: each chain)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="clock: cores kept busy")
     p.add_argument("--output", help="also write the result here (JSON, for benchmark.py --peak)")
     args = p.parse_args(argv)
     if args.command == "worker":
         library, precision, n = args.args
         print(worker(library, precision, int(n), args.seconds))
+        return 0
+    if args.command == "clock":
+        print(json.dumps(chain_mhz(args.threads, args.seconds)))
         return 0
     from keras_inception.core import cpu
 
