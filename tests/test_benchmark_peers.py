@@ -25,7 +25,7 @@ def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench.md"
     options = "--models inception_v3 --width 0.25 --depths 1 1 1 --image-size 75 --batch-sizes 2 --xla off"
     options += " --precisions float32 mixed_bfloat16 --repeats 2 --peak-sizes 128 --peak-seconds 0.1"
-    options += " --skip-deploy --frozen --fuse-pointwise"
+    options += " --skip-deploy --frozen --frozen-towers 1 2 --fuse-pointwise"
     options += " --peers keras.applications openvino timm --train-batch-sizes 2 --train-rounds 2"
     options += " --train-precisions mixed_bfloat16"
     options += f" --sizes --scaling-models --profile-models --torch-python {TORCH_PYTHON}"
@@ -41,7 +41,11 @@ def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
     rows = {r["path"]: r for r in results["inference"]}
     assert all(r["min"] <= r["median"] <= r["max"] for r in rows.values())
     assert rows["keras.applications float32"]["peer"] == "keras.applications"
-    for form in ("frozen", "1x1-fused"):  # the candidate inference forms, each paired with the peers
+    for form in (
+        "frozen",
+        "frozen, 2 towers",
+        "1x1-fused",
+    ):  # the candidate inference forms, each paired with the peers
         assert rows[f"Keras float32 folded {form}"]["cosine"] > 0.9999
         pair = ("| keras.applications float32 |", f"| Keras float32 folded {form} |")
         assert any(all(p in line for p in pair) for line in ratios.splitlines())
@@ -69,11 +73,15 @@ def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
         assert f"timm: not installed in {TORCH_PYTHON}" in skipped
 
 
-def test_bad_peer_options_are_refused_or_named(tmp_path):
+def test_bad_peer_options_are_refused_or_named(tmp_path, capsys):
     benchmark = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tools", "benchmark.py"))
     with pytest.raises(SystemExit) as exit_:
         benchmark["main"](["--train-rounds", "0"])
     assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        benchmark["main"](["--frozen", "--frozen-towers", "2", "0"])
+    assert exit_.value.code == 2
+    assert "--frozen-towers must be at least 1, got 0" in capsys.readouterr().err
     missing = str(tmp_path / "no-python")  # a --torch-python that is not there: a reason, not a crash
     assert benchmark["timm_unavailable"](missing).startswith("FileNotFoundError")
     skipped = []

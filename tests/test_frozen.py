@@ -40,6 +40,29 @@ def test_frozen_call_equals_the_model_and_keeps_its_weights_then():
     )
 
 
+def test_towers_split_the_batch_and_give_the_model_s_outputs():
+    """Towers a row apart (5 in 2: 3 and 2), fewer images than towers (whole), aux logits concatenated."""
+    model = randomize(
+        ki.MODELS["inception_resnet_v2"](
+            weights=None, input_shape=(107, 107, 3), width=0.25, depths=(1, 1, 1), aux_logits=True, classes=5
+        )
+    )
+    folded = inference.fold_batchnorm(model)
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 107, 107, 3)).astype("float32")
+    expected = keras.tree.flatten(folded(x, training=False))
+    run = frozen.frozen_call(folded, towers=2)
+    for n in (1, 2, 5):
+        got = run(x[:n])
+        assert isinstance(got, list) and len(got) == 2  # the model's structure: logits and aux logits
+        for a, b in zip(expected, got, strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a)[:n], rtol=1e-4, atol=1e-5)
+    fixed = frozen.frozen_call(folded, batch=4, towers=3)  # 4 in 3: 2, 1 and 1
+    np.testing.assert_allclose(np.asarray(fixed(x[:4])[0]), np.asarray(expected[0])[:4], rtol=1e-4, atol=1e-5)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"towers must be a whole number of at least 1, got {bad!r}"):
+            frozen.frozen_call(folded, towers=bad)
+
+
 def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     """Why the frozen call helps at batch 1 (oneDNN's own log): with a variable filter TensorFlow's
     batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm."""

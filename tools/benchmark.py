@@ -275,7 +275,10 @@ def inference_rows(args, name: str, skipped: list[str]) -> list[dict]:
         rows = []
         try:  # the frozen and timm processes end with the rows, whatever happens
             if args.frozen:  # the folded form with its weights as constants, in its own process
-                cases += [frozen_case(args, name, policy, open_peers) for policy in args.precisions]
+                for towers in args.frozen_towers:
+                    cases += [
+                        frozen_case(args, name, policy, towers, open_peers) for policy in args.precisions
+                    ]
             if "timm" in args.peers:
                 cases += timm_cases(args, name, skipped, published, open_peers)
             for batch in args.batch_sizes:
@@ -447,7 +450,7 @@ def timm_cases(
     return cases
 
 
-def frozen_case(args, name: str, policy: str, served: list[Served]) -> Case:
+def frozen_case(args, name: str, policy: str, towers: int, served: list[Served]) -> Case:
     """Our folded network's frozen call (keras_inception.deploy.frozen) in a process of its own.
     Which kernel a batch-1 convolution runs depends on what ran its shapes before in the process
     (TensorFlow and oneDNN cache their primitives process-wide): under the AVX2 cap on an Intel Xeon
@@ -455,19 +458,20 @@ def frozen_case(args, name: str, policy: str, served: list[Served]) -> Case:
     frozen call after its Keras model ran 76 of its 95 convolutions with the GEMM kernel of a
     variable filter (alone: none), and the Keras model after the frozen call 61 of 95 with brgemm
     (alone: 10). Beside the Keras models the frozen call led them by 1.02-1.05x; alone, by 1.4x."""
-    served.append(Served([*worker_command(args), "--frozen-worker", name, policy]))
-    return Case(f"Keras {policy} folded frozen", policy_precision(policy), served[-1].make, served[-1].cosine)
+    served.append(Served([*worker_command(args), "--frozen-worker", name, policy, str(towers)]))
+    path = f"Keras {policy} folded frozen" + (f", {towers} towers" if towers > 1 else "")
+    return Case(path, policy_precision(policy), served[-1].make, served[-1].cosine)
 
 
-def frozen_worker(name: str, policy: str, size: int, **shape) -> None:
-    """Serve the frozen call of a new ``name`` (folded) on stdin; it greets with its logits'
-    cosine against the float32 model it was made from."""
+def frozen_worker(name: str, policy: str, towers: str, size: int, **shape) -> None:
+    """Serve the frozen call of a new ``name`` (folded, each batch in ``towers``) on stdin; it greets
+    with its logits' cosine against the float32 model it was made from."""
     reference = build(name, size, **shape)
     model = reference if policy == "float32" else build(name, size, policy, **shape)
     if model is not reference:
         model.set_weights(reference.get_weights())
     probe = tf.random.uniform((4, size, size, 3), -1, 1, seed=0)
-    run = frozen.frozen_call(inference.fold_batchnorm(model))
+    run = frozen.frozen_call(inference.fold_batchnorm(model), towers=int(towers))
     agree = cosine(reference(probe, training=False).numpy(), run(probe))
     torch_peers()["answer"](frozen_call(run, size), f"ready {agree}")
 
@@ -617,7 +621,7 @@ OURS_FOR = {  # which of our Keras paths a peer's precision is compared with (fi
     "bfloat16": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16"),
     "int8": ("Keras mixed_bfloat16 folded", "Keras mixed_bfloat16", "Keras float32"),
 }
-ALSO_OURS = (  # each its own pair
+ALSO_OURS = (  # each its own pair (and the rows named after one: the frozen call's towers)
     "Keras float32 folded frozen",
     "Keras float32 folded 1x1-fused",
     "Keras float32 folded, scale kept",
@@ -653,8 +657,12 @@ def peer_pairs(inference: list[dict]) -> list[tuple[dict, dict]]:
             if ours := next((o for o in found if o), None):
                 pairs.append((r, ours))
             if r["precision"] == "float32":
-                also = (find(inference, r["model"], p, r["batch"]) for p in ALSO_OURS)
-                pairs += [(r, o) for o in also if o]
+                pairs += [
+                    (r, o)
+                    for o in inference
+                    if (o["model"], o["batch"]) == (r["model"], r["batch"])
+                    and o["path"].startswith(ALSO_OURS)
+                ]
     return pairs
 
 
@@ -1002,6 +1010,15 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time the folded form with its weights as constants (keras_inception.deploy.frozen)",
     )
+    p.add_argument(
+        "--frozen-towers",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="--frozen's rows: one per N, each batch split into N towers run side by side "
+        "(frozen_call's towers; 1: the whole batch)",
+    )
     p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
     p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
     p.add_argument(
@@ -1011,7 +1028,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="docs/benchmarks.md")
     p.add_argument("--train-worker", nargs=3, metavar=("MODEL", "BATCH", "POLICY"), help=argparse.SUPPRESS)
-    p.add_argument("--frozen-worker", nargs=2, metavar=("MODEL", "POLICY"), help=argparse.SUPPRESS)
+    p.add_argument("--frozen-worker", nargs=3, metavar=("MODEL", "POLICY", "TOWERS"), help=argparse.SUPPRESS)
     return p
 
 
@@ -1020,6 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.train_rounds < 1:
         p.error(f"--train-rounds must be at least 1, got {args.train_rounds}")
+    if min(args.frozen_towers) < 1:
+        p.error(f"--frozen-towers must be at least 1, got {min(args.frozen_towers)}")
     os.environ.update(cpu.cap_environment())  # ONEDNN_MAX_CPU_ISA: timm and the peak's workers obey it too
     if args.train_worker:
         name, batch, policy = args.train_worker

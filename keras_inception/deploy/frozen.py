@@ -14,12 +14,22 @@ At batch 1 it changes the kernels too. TensorFlow hands oneDNN a batch-1 convolu
 filter in its plain layout, which with AVX2 (no AVX-512) only oneDNN's GEMM convolution takes
 (im2col and GEMM, ``x64:gemm:jit``); a constant filter may take oneDNN's layout, so the blocked
 brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Under
-``ONEDNN_MAX_CPU_ISA=AVX2`` (an Intel Xeon, family 6 model 167) the three networks ran 1.32-1.45x
-faster frozen at batch 1, level at batch 16 (docs/cpu.md). Call it before any Keras model of the
+``ONEDNN_MAX_CPU_ISA=AVX2`` (an Intel Xeon, family 6 model 167) the three networks ran 1.27-1.45x
+faster frozen at batch 1 (three runs), level at batch 16 (docs/cpu.md). Call it before any Keras model of the
 same shapes runs at batch 1 in the process: TensorFlow and oneDNN cache kernels process-wide, and a
 frozen call made after the Keras model ran mostly its GEMM kernels. Freezing Inception-v3 takes
 seconds (3.4-3.6 s, then about 3 s for the first call), so it stays opt-in: for a server answering
 one image a call (it pays back after about 150 images), not for ``predict`` on a few files.
+
+``towers=2`` splits each batch in two halves that run side by side, each through the frozen graph,
+in a TensorFlow session of its own with as many inter-op threads as towers. One stream of ops
+leaves a core idle part of the time (between ops, and in ops that run on fewer threads than there
+are cores); a second half batch fills those gaps. Under
+``ONEDNN_MAX_CPU_ISA=AVX2`` on the 2-core Xeon above, the three networks ran 1.02-1.08x faster than
+the folded model at batch 16, Inception-v3 and Inception-ResNet-v2 1.15-1.16x keras.applications;
+with its AVX-512 kernels, 1.04-1.06x and 1.17-1.19x (docs/cpu.md, "Batch 16 without AVX-512").
+A batch that does not divide evenly runs in towers a row apart; one of fewer images than towers
+runs whole.
 """
 
 from __future__ import annotations
@@ -27,22 +37,61 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
 
-def frozen_call(model: keras.Model, batch: int | None = None) -> Callable:
+def frozen_call(model: keras.Model, batch: int | None = None, towers: int = 1) -> Callable:
     """``model(images, training=False)`` as a graph with its variables turned into constants
-    (TensorFlow backend), for inputs of ``batch`` images of the model's input shape (None: any)."""
+    (TensorFlow backend), for inputs of ``batch`` images of the model's input shape (None: any),
+    each batch split into ``towers`` parts that run side by side (1: the whole batch at once)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (  # TensorFlow's own freezing
         convert_variables_to_constants_v2,
     )
 
+    if isinstance(towers, bool) or not isinstance(towers, int) or towers < 1:
+        raise ValueError(f"towers must be a whole number of at least 1, got {towers!r}")
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), model.inputs[0].dtype)
-    concrete = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+
+    def forward(images):
+        whole = model(images, training=False)
+        if towers == 1:
+            return whole
+        n = tf.shape(images)[0]  # towers a row apart at most, the larger first
+        sizes = (n + tf.range(towers - 1, -1, -1)) // towers
+        parts = [model(part, training=False) for part in tf.split(images, sizes, num=towers)]
+        return whole, tf.nest.map_structure(lambda *outs: tf.concat(outs, 0), *parts)
+
+    concrete = tf.function(forward).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(concrete)
     structure = concrete.structured_outputs
+    if towers == 1:
+
+        def call(images):
+            return tf.nest.pack_sequence_as(structure, frozen(tf.convert_to_tensor(images)))
+
+        return call
+    # The towers run concurrently only in a session whose own inter-op pool has a thread for each
+    # (a tf.function's ops share the process's pools): the frozen graph imported into a v1 session.
+    # It holds the whole-batch graph too, for batches of fewer images than towers (TensorFlow's
+    # oneDNN convolutions fail on an empty tower); both share the constants.
+    graph = tf.Graph()
+    with graph.as_default():
+        feed = tf.compat.v1.placeholder(spec.dtype, spec.shape)
+        outputs = tf.graph_util.import_graph_def(
+            frozen.graph.as_graph_def(),
+            input_map={frozen.inputs[0].name: feed},
+            return_elements=[t.name for t in frozen.outputs],
+        )
+    whole = outputs[: len(outputs) // 2]
+    split = outputs[len(outputs) // 2 :]
+    session = tf.compat.v1.Session(
+        graph=graph, config=tf.compat.v1.ConfigProto(inter_op_parallelism_threads=towers)
+    )
 
     def call(images):
-        return tf.nest.pack_sequence_as(structure, frozen(tf.convert_to_tensor(images)))
+        images = np.asarray(images, spec.dtype.as_numpy_dtype)
+        got = session.run(split if len(images) >= towers else whole, {feed: images})
+        return tf.nest.pack_sequence_as(structure[0], [tf.convert_to_tensor(o) for o in got])
 
     return call
