@@ -160,7 +160,11 @@ def test_the_clock_is_measured_by_dependent_chains():
         f, memory = peak.chain(link)
         assert f(3) == (3 * 3 * peak.LINKS if name == "add" else 0)  # rcx = n, added n x LINKS times
         memory.close()
-    mhz, source = peak.clock(2, seconds=0.1)
+    assert all(300 < mhz < 7000 for mhz in peak.chain_mhz(1, 0.06).values())  # each chain a clock
+    for _ in range(5):  # CI's other worker can start AVX-512 code mid-measurement: the chains then
+        mhz, source = peak.clock(2, seconds=0.15)  # disagree, and clock says so (the test below)
+        if "disagree" not in source:
+            break
     assert source == "measured: dependent adds and multiplies on 2 cores at once"
     assert 300 < mhz < 7000
 
