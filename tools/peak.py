@@ -16,16 +16,16 @@ bfloat16 GEMM on AMD Zen 4).
 
 The theoretical limit is FLOP per cycle per core x cores x the clock. The clock is measured
 (:func:`clock`): every core at once runs a chain of dependent 64-bit adds, one a cycle on any
-x86-64 core, and a chain of dependent multiplies, one every three cycles; the two must agree
-within 10%. Without it (not x86-64 Linux or macOS, memory that cannot be made executable, or
-chains that disagree) the clock is the one /proc/cpuinfo reports, on most machines the base
-clock, which a boosting core beats. A core may run wide vector code below its integer clock, so
-the theoretical limit is an upper bound either way. FLOP per cycle, float32: 32 on
-AVX2 + FMA (two 256-bit FMA pipes) and on AMD Zen 4's AVX-512 (a 512-bit FMA takes both 256-bit
-pipes, one per cycle), 64 on Intel's AVX-512 (two 512-bit FMA ports; some parts have one); 16 on
-SSE alone. bfloat16: 1024 with AMX (a tile multiply, 16x16x32 in 16 cycles), twice float32's
-with AVX512_BF16 (vdpbf16ps: two products per 32-bit lane), else float32's (converted, emulated).
-"""
+x86-64 core, and a chain of dependent multiplies, one every three cycles, taking turns in three
+rounds (the fastest call of each); the two must agree within 10%. Without it (not x86-64 Linux
+or macOS, memory that cannot be made executable, or chains that disagree) the clock is the one
+/proc/cpuinfo reports, on most machines the base clock, which a boosting core beats. A core may
+run wide vector code below its integer clock, so the theoretical limit is an upper bound either
+way. FLOP per cycle, float32: 32 on AVX2 + FMA (two 256-bit FMA pipes) and on AMD Zen 4's
+AVX-512 (a 512-bit FMA takes both 256-bit pipes, one per cycle), 64 on Intel's AVX-512 (two
+512-bit FMA ports; some parts have one); 16 on SSE alone. bfloat16: 1024 with AMX (a tile
+multiply, 16x16x32 in 16 cycles), twice float32's with AVX512_BF16 (vdpbf16ps: two products per
+32-bit lane), else float32's (converted, emulated). """
 
 from __future__ import annotations
 
