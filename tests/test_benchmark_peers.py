@@ -41,11 +41,8 @@ def test_benchmark_peers_on_a_tiny_configuration(tmp_path):
     rows = {r["path"]: r for r in results["inference"]}
     assert all(r["min"] <= r["median"] <= r["max"] for r in rows.values())
     assert rows["keras.applications float32"]["peer"] == "keras.applications"
-    for form in (
-        "frozen",
-        "frozen, 2 towers",
-        "1x1-fused",
-    ):  # the candidate inference forms, each paired with the peers
+    # the candidate inference forms, each paired with the peers
+    for form in ("frozen", "frozen, 2 towers", "1x1-fused"):
         assert rows[f"Keras float32 folded {form}"]["cosine"] > 0.9999
         pair = ("| keras.applications float32 |", f"| Keras float32 folded {form} |")
         assert any(all(p in line for p in pair) for line in ratios.splitlines())
