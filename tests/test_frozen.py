@@ -87,3 +87,22 @@ def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     if not variable:
         pytest.skip("TensorFlow runs no oneDNN kernels on this CPU")
     assert variable == {"x64:gemm:jit"} and constant == {"brg_conv_fwd:avx2"}, (variable, constant)
+
+
+class _Counter(keras.layers.Layer):
+    """Counts its calls in a variable: a call that writes a variable cannot be frozen."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x):
+        self.calls.assign_add(1.0)
+        return x
+
+
+def test_a_call_that_writes_a_variable_is_refused():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(_Counter()(inputs)))
+    refused = r"cannot freeze AssignVariableOp .*: it does more than read a variable"
+    with pytest.raises(ValueError, match=refused):
+        frozen.frozen_call(model)
