@@ -65,10 +65,18 @@ def test_towers_split_the_batch_and_give_the_model_s_outputs():
 
 def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     """Why the frozen call helps at batch 1 (oneDNN's own log): with a variable filter TensorFlow's
-    batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm."""
+    batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm, as
+    through ``frozen_call`` (its session) on a Keras convolution."""
     code = (
         "import sys, numpy as np, tensorflow as tf\n"
         "w = np.ones([3, 3, 64, 96], np.float32)\n"
+        "if sys.argv[1] == 'frozen_call':\n"
+        "    import keras\n"
+        "    from keras_inception.deploy.frozen import frozen_call\n"
+        "    x = keras.Input((35, 35, 64))\n"
+        "    conv = keras.Model(x, keras.layers.Conv2D(96, 3, padding='same')(x))\n"
+        "    frozen_call(conv)(np.ones([1, 35, 35, 64]))\n"
+        "    sys.exit()\n"
         "k = tf.Variable(w) if sys.argv[1] == 'variable' else None\n"
         "f = tf.function(lambda t: tf.nn.conv2d(t, k if k is not None else tf.constant(w), 1, 'SAME'))\n"
         "f(tf.ones([1, 35, 35, 64]))\n"
@@ -87,6 +95,7 @@ def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     if not variable:
         pytest.skip("TensorFlow runs no oneDNN kernels on this CPU")
     assert variable == {"x64:gemm:jit"} and constant == {"brg_conv_fwd:avx2"}, (variable, constant)
+    assert kernels("frozen_call") == {"brg_conv_fwd:avx2"}
 
 
 class _Counter(keras.layers.Layer):

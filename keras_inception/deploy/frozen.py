@@ -15,7 +15,7 @@ filter in its plain layout, which with AVX2 (no AVX-512) only oneDNN's GEMM conv
 (im2col and GEMM, ``x64:gemm:jit``); a constant filter may take oneDNN's layout, so the blocked
 brgemm kernels run (``brg_conv_fwd:avx2``, ``brgconv_1x1:avx2``: ``ONEDNN_VERBOSE=1``). Under
 ``ONEDNN_MAX_CPU_ISA=AVX2`` (an Intel Xeon, family 6 model 167) the three networks ran 1.27-1.45x
-faster frozen at batch 1 (three runs), level at batch 16 (docs/cpu.md). Call it before any Keras
+faster frozen at batch 1 (four runs), 0.98-1.06x at batch 16 (docs/cpu.md). Call it before any Keras
 model of the same shapes runs at batch 1 in the process: TensorFlow and oneDNN cache kernels
 process-wide, and a frozen call made after the Keras model ran mostly its GEMM kernels.
 
@@ -30,10 +30,10 @@ few files.
 in a TensorFlow session of its own with as many inter-op threads as towers. One stream of ops leaves
 a core idle part of the time (between ops, and in ops that run on fewer threads than there are
 cores); a second half batch fills those gaps. Under ``ONEDNN_MAX_CPU_ISA=AVX2`` on the 2-core Xeon
-above, the three networks ran 1.02-1.08x faster than the folded model at batch 16, Inception-v3 and
-Inception-ResNet-v2 1.15-1.16x keras.applications; with its AVX-512 kernels, 1.04-1.06x and
-1.17-1.19x (docs/cpu.md, "Batch 16 without AVX-512"). A batch that does not divide evenly runs in
-towers a row apart; one of fewer images than towers runs whole.
+above, the three networks ran 1.02-1.09x faster than the folded model at batch 16 (two runs),
+Inception-v3 and Inception-ResNet-v2 1.13-1.17x keras.applications; with its AVX-512 kernels,
+1.04-1.06x and 1.17-1.19x (docs/cpu.md, "Batch 16 without AVX-512"). A batch that does not divide
+evenly runs in towers a row apart; one of fewer images than towers runs whole.
 """
 
 from __future__ import annotations
