@@ -115,3 +115,16 @@ def test_a_call_that_writes_a_variable_is_refused():
     refused = r"cannot freeze AssignVariableOp .*: it does more than read a variable"
     with pytest.raises(ValueError, match=refused):
         frozen.frozen_call(model)
+
+
+def test_another_backend_is_refused_by_name():
+    code = (
+        "import keras, numpy as np\n"
+        "from keras_inception.deploy.frozen import frozen_call\n"
+        "x = keras.Input((4,))\n"
+        "frozen_call(keras.Model(x, keras.layers.Dense(2)(x)))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1
+    assert "ValueError: frozen_call needs the TensorFlow backend, not 'jax'" in out.stderr

@@ -50,6 +50,8 @@ def frozen_call(model: keras.Model, batch: int | None = None, towers: int = 1) -
     each batch split into ``towers`` parts that run side by side (1: the whole batch at once)."""
     import tensorflow as tf
 
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"frozen_call needs the TensorFlow backend, not {keras.backend.backend()!r}")
     if isinstance(towers, bool) or not isinstance(towers, int) or towers < 1:
         raise ValueError(f"towers must be a whole number of at least 1, got {towers!r}")
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), model.inputs[0].dtype)
