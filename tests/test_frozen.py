@@ -109,6 +109,17 @@ class _Counter(keras.layers.Layer):
         return x
 
 
+def test_a_captured_tensor_becomes_a_constant_too():
+    """A tensor the call captures (TensorFlow captures large ones rather than embed them) is frozen."""
+    import tensorflow as tf
+
+    table = tf.constant(np.arange(4000, dtype="float32").reshape(1000, 4))
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t + tf.reduce_sum(table, 0))(inputs))
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_array_equal(np.asarray(frozen.frozen_call(model)(x)), x + table.numpy().sum(0))
+
+
 def test_a_call_that_writes_a_variable_is_refused():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(_Counter()(inputs)))

@@ -73,7 +73,7 @@ def frozen_call(model: keras.Model, batch: int | None = None, towers: int = 1) -
     # convolutions fail on an empty tower); both share the constants.
     graph_def, graph = _constant_graph(concrete), tf.Graph()
     with graph.as_default():
-        feed = tf.compat.v1.placeholder(spec.dtype, spec.shape)
+        feed = tf.compat.v1.placeholder(spec.dtype, spec.shape, name="frozen_call_images")
         outputs = tf.graph_util.import_graph_def(
             graph_def,
             input_map={concrete.inputs[0].name: feed},
@@ -98,29 +98,31 @@ def frozen_call(model: keras.Model, batch: int | None = None, towers: int = 1) -
 
 def _constant_graph(concrete) -> object:
     """``concrete``'s GraphDef with each captured variable turned into a constant of its value now,
-    and each read of it into an ``Identity`` of that constant: TensorFlow's freezing, on the graph
-    alone (the calls of a variable share its constant)."""
+    each read of it into an ``Identity`` of that constant (the calls of a variable share it), and
+    each captured tensor into a constant: TensorFlow's freezing, on the graph alone."""
     import tensorflow as tf
 
-    handles = {inner.op.name: outer for outer, inner in concrete.graph.captures if outer.dtype == tf.resource}
+    captured = {inner.op.name: outer for outer, inner in concrete.graph.captures}
+    variables = {name for name, outer in captured.items() if outer.dtype == tf.resource}
+    values = {name: outer for name, outer in captured.items() if name not in variables}
     graph_def = concrete.graph.as_graph_def()
-    dtypes = {}
     for node in graph_def.node:
-        for name in node.input:
-            if name in handles and node.op != "ReadVariableOp":
+        if node.op != "ReadVariableOp":
+            if variables.intersection(node.input):
                 raise ValueError(f"cannot freeze {node.op} {node.name}: it does more than read a variable")
-        if node.op == "ReadVariableOp":
-            if node.input[0] not in handles:
-                raise ValueError(f"cannot freeze {node.name}: it reads a variable the call does not capture")
-            dtypes[node.input[0]] = dtype = node.attr["dtype"].type
-            node.op = "Identity"
-            node.attr.clear()
-            node.attr["T"].type = dtype
+            continue
+        if node.input[0] not in variables:
+            raise ValueError(f"cannot freeze {node.name}: it reads a variable the call does not capture")
+        dtype = node.attr["dtype"].type
+        values[node.input[0]] = tf.raw_ops.ReadVariableOp(resource=captured[node.input[0]], dtype=dtype)
+        node.op = "Identity"
+        node.attr.clear()
+        node.attr["T"].type = dtype
     for node in graph_def.node:
-        if node.name in dtypes:
-            value = tf.raw_ops.ReadVariableOp(resource=handles[node.name], dtype=dtypes[node.name])
+        if node.name in values:
+            value = values[node.name]
             node.op = "Const"
             node.attr.clear()
-            node.attr["dtype"].type = dtypes[node.name]
+            node.attr["dtype"].type = value.dtype.as_datatype_enum
             node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value.numpy()))
     return graph_def
