@@ -63,6 +63,26 @@ def test_towers_split_the_batch_and_give_the_model_s_outputs():
             frozen.frozen_call(folded, towers=bad)
 
 
+def test_towers_run_parts_a_row_apart_the_larger_first():
+    """A call whose rows depend on their whole batch (each less the batch mean) shows the parts."""
+    import tensorflow as tf
+
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, keras.layers.Lambda(lambda t: t - tf.reduce_mean(t, 0, keepdims=True))(inputs)
+    )
+    x = np.random.default_rng(2).uniform(-1, 1, (5, 3)).astype("float32")
+
+    def centred(*parts):
+        return np.concatenate([p - p.mean(0) for p in parts])
+
+    two, three = frozen.frozen_call(model, towers=2), frozen.frozen_call(model, towers=3)
+    np.testing.assert_allclose(np.asarray(two(x)), centred(x[:3], x[3:]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(three(x[:4])), centred(x[:2], x[2:3], x[3:4]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(three(x[:2])), centred(x[:2]), atol=1e-6)  # whole
+    np.testing.assert_allclose(np.asarray(frozen.frozen_call(model)(x)), centred(x), atol=1e-6)
+
+
 def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     """Why the frozen call helps at batch 1 (oneDNN's own log): with a variable filter TensorFlow's
     batch-1 convolution under AVX2 is oneDNN's GEMM convolution; with a constant one, brgemm, as
@@ -123,12 +143,20 @@ def test_a_captured_tensor_becomes_a_constant_too():
 def test_a_call_that_writes_a_variable_is_refused():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(_Counter()(inputs)))
-    refused = r"cannot freeze AssignVariableOp .*: it does more than read a variable"
+    refused = r"cannot freeze AssignVariableOp .*: it takes a variable or other resource itself"
     with pytest.raises(ValueError, match=refused):
         frozen.frozen_call(model)
 
 
+def test_a_model_of_two_inputs_is_refused():
+    first, second = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([first, second], keras.layers.Add()([first, second]))
+    with pytest.raises(ValueError, match="frozen_call takes a model of one input, got 2"):
+        frozen.frozen_call(model)
+
+
 def test_another_backend_is_refused_by_name():
+    pytest.importorskip("jax")  # an optional extra
     code = (
         "import keras, numpy as np\n"
         "from keras_inception.deploy.frozen import frozen_call\n"

@@ -21,10 +21,11 @@ process-wide, and a frozen call made after the Keras model ran mostly its GEMM k
 
 The graph is frozen on its own (each variable a constant, its reads identities of it) and runs
 in a TensorFlow session with one pass of Grappler. To its first output at batch 1, Inception-v3
-takes 2.0 s against the Keras model's 0.6 s, Inception-ResNet-v2 4.9 s against 1.8 s (with
-TensorFlow's ``convert_variables_to_constants_v2``, 4.6 s and 12.5 s). So it stays opt-in: for a
-server answering one image a call (it pays back after about 60 images), not for ``predict`` on a
-few files.
+takes 2.0 s against the Keras model's 0.6 s, Inception-ResNet-v2 4.7-4.9 s against 1.8 s
+(re-timed with TensorFlow's ``convert_variables_to_constants_v2``: 4.6 s and 12.5 s). So it stays
+opt-in: for a server answering one image a call (it pays back after about 60 images), not for
+``predict`` on a few files. Only calls that read their variables freeze; one that writes a
+variable or passes one to another op (a loop, a lookup table) is refused.
 
 ``towers=2`` splits each batch in two halves that run side by side, each through the frozen graph,
 in a TensorFlow session of its own with as many inter-op threads as towers. One stream of ops leaves
@@ -52,6 +53,8 @@ def frozen_call(model: keras.Model, batch: int | None = None, towers: int = 1) -
 
     if keras.backend.backend() != "tensorflow":
         raise ValueError(f"frozen_call needs the TensorFlow backend, not {keras.backend.backend()!r}")
+    if len(model.inputs) != 1:
+        raise ValueError(f"frozen_call takes a model of one input, got {len(model.inputs)}")
     if isinstance(towers, bool) or not isinstance(towers, int) or towers < 1:
         raise ValueError(f"towers must be a whole number of at least 1, got {towers!r}")
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), model.inputs[0].dtype)
@@ -108,8 +111,11 @@ def _constant_graph(concrete) -> object:
     graph_def = concrete.graph.as_graph_def()
     for node in graph_def.node:
         if node.op != "ReadVariableOp":
-            if variables.intersection(node.input):
-                raise ValueError(f"cannot freeze {node.op} {node.name}: it does more than read a variable")
+            if variables.intersection(name.lstrip("^") for name in node.input):
+                raise ValueError(
+                    f"cannot freeze {node.op} {node.name}: it takes a variable or other resource itself "
+                    "(frozen_call turns only reads of variables into constants)"
+                )
             continue
         if node.input[0] not in variables:
             raise ValueError(f"cannot freeze {node.name}: it reads a variable the call does not capture")
