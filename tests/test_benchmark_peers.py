@@ -79,6 +79,10 @@ def test_bad_peer_options_are_refused_or_named(tmp_path, capsys):
         benchmark["main"](["--frozen", "--frozen-towers", "2", "0"])
     assert exit_.value.code == 2
     assert "--frozen-towers must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # towers are --frozen's rows: alone they would change nothing
+        benchmark["main"](["--frozen-towers", "2"])
+    assert exit_.value.code == 2
+    assert "--frozen-towers needs --frozen" in capsys.readouterr().err
     missing = str(tmp_path / "no-python")  # a --torch-python that is not there: a reason, not a crash
     assert benchmark["timm_unavailable"](missing).startswith("FileNotFoundError")
     skipped = []

@@ -118,17 +118,6 @@ def test_a_frozen_batch_one_convolution_takes_the_blocked_kernels():
     assert kernels("frozen_call") == {"brg_conv_fwd:avx2"}
 
 
-class _Counter(keras.layers.Layer):
-    """Counts its calls in a variable: a call that writes a variable cannot be frozen."""
-
-    def build(self, input_shape):
-        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False)
-
-    def call(self, x):
-        self.calls.assign_add(1.0)
-        return x
-
-
 def test_a_captured_tensor_becomes_a_constant_too():
     """A tensor the call captures (TensorFlow captures large ones rather than embed them) is frozen."""
     import tensorflow as tf
@@ -138,6 +127,17 @@ def test_a_captured_tensor_becomes_a_constant_too():
     model = keras.Model(inputs, keras.layers.Lambda(lambda t: t + tf.reduce_sum(table, 0))(inputs))
     x = np.ones((2, 4), "float32")
     np.testing.assert_array_equal(np.asarray(frozen.frozen_call(model)(x)), x + table.numpy().sum(0))
+
+
+class _Counter(keras.layers.Layer):
+    """Counts its calls in a variable: a call that writes a variable cannot be frozen."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x):
+        self.calls.assign_add(1.0)
+        return x
 
 
 def test_a_call_that_writes_a_variable_is_refused():

@@ -1014,10 +1014,9 @@ def parser() -> argparse.ArgumentParser:
         "--frozen-towers",
         type=int,
         nargs="+",
-        default=[1],
         metavar="N",
-        help="--frozen's rows: one per N, each batch split into N towers run side by side "
-        "(frozen_call's towers; 1: the whole batch)",
+        help="with --frozen, its rows: one per N, each batch split into N towers run side by side "
+        "(frozen_call's towers; 1, the default: the whole batch)",
     )
     p.add_argument("--skip-peers", action="store_true", help="the same as --peers with none")
     p.add_argument("--skip-deploy", action="store_true", help="no SavedModel, LiteRT or ONNX rows")
@@ -1037,6 +1036,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.train_rounds < 1:
         p.error(f"--train-rounds must be at least 1, got {args.train_rounds}")
+    if args.frozen_towers and not args.frozen:
+        p.error("--frozen-towers needs --frozen")
+    args.frozen_towers = list(dict.fromkeys(args.frozen_towers or [1]))  # each N one row
     if min(args.frozen_towers) < 1:
         p.error(f"--frozen-towers must be at least 1, got {min(args.frozen_towers)}")
     os.environ.update(cpu.cap_environment())  # ONEDNN_MAX_CPU_ISA: timm and the peak's workers obey it too

@@ -20,18 +20,19 @@ model of the same shapes runs at batch 1 in the process: TensorFlow and oneDNN c
 process-wide, and a frozen call made after the Keras model ran mostly its GEMM kernels.
 
 The graph is frozen on its own (each variable a constant, its reads identities of it) and runs
-in a TensorFlow session with one pass of Grappler. To its first output at batch 1, Inception-v3
-takes 2.0 s against the Keras model's 0.6 s, Inception-ResNet-v2 4.7-4.9 s against 1.8 s
-(re-timed with TensorFlow's ``convert_variables_to_constants_v2``: 4.6 s and 12.5 s). So it stays
-opt-in: for a server answering one image a call (it pays back after about 60 images), not for
-``predict`` on a few files. Only calls that read their variables freeze; one that writes a
-variable or passes one to another op (a loop, a lookup table) is refused.
+in a TensorFlow session with one pass of Grappler. To its first output at batch 1 (the Xeon
+above, under the cap), Inception-v3 takes 2.0 s against the Keras model's 0.6 s,
+Inception-ResNet-v2 4.7-4.9 s against 1.8 s (re-timed with TensorFlow's
+``convert_variables_to_constants_v2``: 4.6 s and 12.5 s). So it stays opt-in: for a server
+answering one image a call (it pays back after about 60 images), not for ``predict`` on a few
+files. Only calls that read their variables freeze; one that writes a variable or passes one to
+another op (a loop, a lookup table) is refused.
 
 ``towers=2`` splits each batch in two halves that run side by side, each through the frozen graph,
-in a TensorFlow session of its own with as many inter-op threads as towers. One stream of ops leaves
-a core idle part of the time (between ops, and in ops that run on fewer threads than there are
-cores); a second half batch fills those gaps. Under ``ONEDNN_MAX_CPU_ISA=AVX2`` on the 2-core Xeon
-above, the three networks ran 1.02-1.09x faster than the folded model at batch 16 (two runs),
+in the session, which then has as many inter-op threads as towers. One stream of ops leaves a core
+idle part of the time (between ops, and in ops that run on fewer threads than there are cores); a
+second half batch fills those gaps. Under ``ONEDNN_MAX_CPU_ISA=AVX2`` on the 2-core Xeon above,
+the three networks ran 1.02-1.09x faster than the folded model at batch 16 (two runs),
 Inception-v3 and Inception-ResNet-v2 1.13-1.17x keras.applications; with its AVX-512 kernels,
 1.04-1.06x and 1.17-1.19x (docs/cpu.md, "Batch 16 without AVX-512"). A batch that does not divide
 evenly runs in towers a row apart; one of fewer images than towers runs whole.
@@ -110,20 +111,18 @@ def _constant_graph(concrete) -> object:
     values = {name: outer for name, outer in captured.items() if name not in variables}
     graph_def = concrete.graph.as_graph_def()
     for node in graph_def.node:
-        if node.op != "ReadVariableOp":
-            if variables.intersection(name.lstrip("^") for name in node.input):
-                raise ValueError(
-                    f"cannot freeze {node.op} {node.name}: it takes a variable or other resource itself "
-                    "(frozen_call turns only reads of variables into constants)"
-                )
-            continue
-        if node.input[0] not in variables:
-            raise ValueError(f"cannot freeze {node.name}: it reads a variable the call does not capture")
-        dtype = node.attr["dtype"].type
-        values[node.input[0]] = tf.raw_ops.ReadVariableOp(resource=captured[node.input[0]], dtype=dtype)
-        node.op = "Identity"
-        node.attr.clear()
-        node.attr["T"].type = dtype
+        if node.op == "ReadVariableOp" and (handle := node.input[0]) in variables:
+            dtype = node.attr["dtype"].type
+            if handle not in values:  # read once, however many calls read it
+                values[handle] = tf.raw_ops.ReadVariableOp(resource=captured[handle], dtype=dtype)
+            node.op = "Identity"
+            node.attr.clear()
+            node.attr["T"].type = dtype
+        elif variables.intersection(name.lstrip("^") for name in node.input):
+            raise ValueError(
+                f"cannot freeze {node.op} {node.name}: it takes a variable or other resource itself "
+                "(frozen_call turns only reads of variables into constants)"
+            )
     for node in graph_def.node:
         if node.name in values:
             value = values[node.name]
